@@ -1,0 +1,104 @@
+"""Generator settings: the constructor arguments of SAM's automatic mask generator, validated."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+
+OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
+
+
+@dataclass(frozen=True)
+class AmgSettings:
+    """Everything that decides which masks come out, with the reference's defaults.
+
+    `points_per_batch` bounds how many prompts the decoder runs at once (memory);
+    `upscale_budget_mb` bounds the full-resolution mask logits held at once. Neither
+    changes the masks.
+    """
+
+    points_per_side: int | None = 32
+    points_per_batch: int = 64
+    pred_iou_thresh: float = 0.88
+    stability_score_thresh: float = 0.95
+    stability_score_offset: float = 1.0
+    box_nms_thresh: float = 0.7
+    crop_n_layers: int = 0
+    crop_nms_thresh: float = 0.7
+    crop_overlap_ratio: float = 512 / 1500
+    crop_n_points_downscale_factor: int = 1
+    point_grids: tuple[np.ndarray, ...] | None = None
+    min_mask_region_area: int = 0
+    output_mode: str = "binary_mask"
+    upscale_budget_mb: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.point_grids is not None:
+            object.__setattr__(self, "point_grids", tuple(np.asarray(g) for g in self.point_grids))
+        for error in settings_errors(self):
+            raise ValueError(error)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values, for configs and summaries (point grids as nested lists)."""
+        out = asdict(self)
+        if self.point_grids is not None:
+            out["point_grids"] = [g.tolist() for g in self.point_grids]
+        return out
+
+
+SETTING_NAMES = tuple(f.name for f in fields(AmgSettings))
+
+
+def _check_range(name: str, value: Any, low: float, high: float | None, integer: bool) -> str | None:
+    kind = "an integer" if integer else "a number"
+    bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
+    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok_type:
+        return f"{name} must be {kind} {bounds}, got {value!r}"
+    if value < low or (high is not None and value > high):
+        return f"{name} must be {bounds}, got {value!r}"
+    return None
+
+
+_RANGES: dict[str, tuple[float, float | None, bool]] = {
+    "points_per_batch": (1, None, True),
+    "pred_iou_thresh": (0.0, 1.0, False),
+    "stability_score_thresh": (0.0, 1.0, False),
+    "stability_score_offset": (0.0, None, False),
+    "box_nms_thresh": (0.0, 1.0, False),
+    "crop_n_layers": (0, None, True),
+    "crop_nms_thresh": (0.0, 1.0, False),
+    "crop_overlap_ratio": (0.0, 1.0, False),
+    "crop_n_points_downscale_factor": (1, None, True),
+    "min_mask_region_area": (0, None, True),
+    "upscale_budget_mb": (1, None, True),
+}
+
+
+def settings_errors(settings: AmgSettings) -> list[str]:
+    """Every problem with `settings`, one sentence each naming the argument and what is allowed."""
+    errors = []
+    for name, (low, high, integer) in _RANGES.items():
+        error = _check_range(name, getattr(settings, name), low, high, integer)
+        if error:
+            errors.append(error)
+    if (settings.points_per_side is None) == (settings.point_grids is None):
+        errors.append("exactly one of points_per_side or point_grids must be given")
+    elif settings.points_per_side is not None:
+        error = _check_range("points_per_side", settings.points_per_side, 1, None, True)
+        if error:
+            errors.append(error)
+    else:
+        if len(settings.point_grids) != settings.crop_n_layers + 1:
+            errors.append(
+                f"point_grids must hold crop_n_layers + 1 = {settings.crop_n_layers + 1} grids, "
+                f"got {len(settings.point_grids)}"
+            )
+        for i, grid in enumerate(settings.point_grids):
+            if grid.ndim != 2 or grid.shape[1] != 2 or grid.min() < 0 or grid.max() > 1:
+                errors.append(f"point_grids[{i}] must be an Nx2 array of points in [0, 1]")
+    if settings.output_mode not in OUTPUT_MODES:
+        errors.append(f"output_mode must be one of {', '.join(OUTPUT_MODES)}, got {settings.output_mode!r}")
+    return errors
