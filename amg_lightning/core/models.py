@@ -97,7 +97,9 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"checkpoint {path} is not a readable PyTorch file ({err})") from None
     if isinstance(state, Mapping) and "model" in state and isinstance(state["model"], Mapping):
         state = state["model"]
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    if not isinstance(state, Mapping) or not all(
+        isinstance(v, torch.Tensor) for v in state.values()
+    ):
         raise CheckpointError(f"checkpoint {path} is not a SAM state_dict")
     return dict(state)
 
@@ -115,10 +117,14 @@ def build_sam(model_type: str, checkpoint: str | Path | None = None) -> nn.Modul
         found = detect_model_type(state)
         if found != model_type:
             what = f"a {found} checkpoint" if found else "not a SAM checkpoint"
-            raise CheckpointError(f"checkpoint {checkpoint} is {what}, but model type is {model_type}")
+            raise CheckpointError(
+                f"checkpoint {checkpoint} is {what}, but model type is {model_type}"
+            )
         try:
             sam.load_state_dict(state, strict=True)
         except RuntimeError as err:
             first = str(err).splitlines()[0]
-            raise CheckpointError(f"checkpoint {checkpoint} does not fit {model_type}: {first}") from None
+            raise CheckpointError(
+                f"checkpoint {checkpoint} does not fit {model_type}: {first}"
+            ) from None
     return sam.eval()

@@ -14,9 +14,9 @@ OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 class AmgSettings:
     """Everything that decides which masks come out, with the reference's defaults.
 
-    `points_per_batch` bounds how many prompts the decoder runs at once (memory);
-    `upscale_budget_mb` bounds the full-resolution mask logits held at once. Neither
-    changes the masks.
+    Three settings bound memory and never change the masks: `points_per_batch` (prompts the
+    decoder runs at once), `upscale_budget_mb` (full-resolution mask logits held at once) and
+    `crops_per_batch` (crops, of one or several images, per image-encoder pass).
     """
 
     points_per_side: int | None = 32
@@ -33,6 +33,7 @@ class AmgSettings:
     min_mask_region_area: int = 0
     output_mode: str = "binary_mask"
     upscale_budget_mb: int = 1024
+    crops_per_batch: int = 4
 
     def __post_init__(self) -> None:
         if self.point_grids is not None:
@@ -51,7 +52,9 @@ class AmgSettings:
 SETTING_NAMES = tuple(f.name for f in fields(AmgSettings))
 
 
-def _check_range(name: str, value: Any, low: float, high: float | None, integer: bool) -> str | None:
+def _check_range(
+    name: str, value: Any, low: float, high: float | None, integer: bool
+) -> str | None:
     kind = "an integer" if integer else "a number"
     bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
     ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
@@ -74,6 +77,7 @@ _RANGES: dict[str, tuple[float, float | None, bool]] = {
     "crop_n_points_downscale_factor": (1, None, True),
     "min_mask_region_area": (0, None, True),
     "upscale_budget_mb": (1, None, True),
+    "crops_per_batch": (1, None, True),
 }
 
 
@@ -100,5 +104,7 @@ def settings_errors(settings: AmgSettings) -> list[str]:
             if grid.ndim != 2 or grid.shape[1] != 2 or grid.min() < 0 or grid.max() > 1:
                 errors.append(f"point_grids[{i}] must be an Nx2 array of points in [0, 1]")
     if settings.output_mode not in OUTPUT_MODES:
-        errors.append(f"output_mode must be one of {', '.join(OUTPUT_MODES)}, got {settings.output_mode!r}")
+        errors.append(
+            f"output_mode must be one of {', '.join(OUTPUT_MODES)}, got {settings.output_mode!r}"
+        )
     return errors

@@ -1,0 +1,199 @@
+"""SAM's prompt encoder and mask decoder for many single-point prompts on one image.
+
+The result equals `MaskDecoder.forward(..., multimask_output=True)` up to float rounding,
+but the work is arranged for the automatic generator, where every prompt shares the image:
+
+* The first transformer block sees the same image tokens for every prompt, so its image-side
+  projections are computed once per image instead of once per prompt.
+* Attention against the 4096 image tokens is reassociated onto the 7 prompt tokens
+  (`(q Wk) k^T` instead of `q (k Wk)^T`, `(a v) Wv` instead of `a (v Wv)`), so no per-prompt
+  projection of the image tokens is ever made. The key bias only shifts each softmax row by a
+  constant and is dropped; the value bias passes through because softmax rows sum to one.
+* Mask upscaling is split from the transformer, so prompts whose masks all fail the
+  predicted-IoU filter are never upscaled.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+
+@dataclass
+class ImageContext:
+    """Per-image tensors shared by all prompts (N image tokens, C channels)."""
+
+    keys: Tensor  # 1 x N x C: image embedding plus the "no mask" dense embedding
+    pos: Tensor  # 1 x N x C: the image positional encoding
+    first_t2i_k: Tensor  # N x C': block 1 token-to-image keys, projected once
+    first_t2i_v: Tensor  # N x C': block 1 token-to-image values, projected once
+    first_i2t_q: Tensor  # N x C': block 1 image-to-token queries, projected once
+    grid: tuple[int, int]  # h, w of the embedding
+
+
+@dataclass
+class DecodedTokens:
+    """The transformer's output for a batch of B prompts."""
+
+    keys: Tensor  # B x N x C: image tokens after the last block (input of the upscaler)
+    mask_tokens: Tensor  # B x 3 x C: the multimask output tokens
+    iou_preds: Tensor  # B x 3: predicted IoU of the three multimask outputs
+
+
+def _heads(x: Tensor, num_heads: int) -> Tensor:
+    """B x T x C' -> B x heads x T x C'/heads."""
+    b, t, c = x.shape
+    return x.reshape(b, t, num_heads, c // num_heads).transpose(1, 2)
+
+
+def _merge(x: Tensor) -> Tensor:
+    """B x heads x T x D -> B x heads*T x D."""
+    return x.flatten(1, 2)
+
+
+class PointDecoder(nn.Module):
+    """Decodes batches of single foreground points against one image embedding."""
+
+    def __init__(self, sam: nn.Module) -> None:
+        super().__init__()
+        self.prompt_encoder = sam.prompt_encoder
+        self.mask_decoder = sam.mask_decoder
+        self.transformer = sam.mask_decoder.transformer
+        self.num_heads = self.transformer.num_heads
+
+    @torch.no_grad()
+    def prepare(self, image_embedding: Tensor) -> ImageContext:
+        """Per-image work: one 1 x C x h x w embedding in, shared projections out."""
+        pe = self.prompt_encoder.get_dense_pe()
+        no_mask = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        keys = (image_embedding + no_mask).flatten(2).transpose(1, 2)
+        pos = pe.flatten(2).transpose(1, 2).to(keys.dtype)
+        first = self.transformer.layers[0]
+        return ImageContext(
+            keys=keys,
+            pos=pos,
+            first_t2i_k=first.cross_attn_token_to_image.k_proj(keys + pos)[0],
+            first_t2i_v=first.cross_attn_token_to_image.v_proj(keys)[0],
+            first_i2t_q=first.cross_attn_image_to_token.q_proj(keys + pos)[0],
+            grid=tuple(image_embedding.shape[-2:]),
+        )
+
+    def _prompt_tokens(self, points: Tensor) -> Tensor:
+        """B x 2 points in the model's input frame -> B x 7 x C decoder tokens."""
+        labels = torch.ones(points.shape[0], 1, dtype=torch.int, device=points.device)
+        sparse, _ = self.prompt_encoder(points=(points[:, None, :], labels), boxes=None, masks=None)
+        decoder = self.mask_decoder
+        output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
+        output_tokens = output_tokens.unsqueeze(0).expand(sparse.shape[0], -1, -1)
+        return torch.cat([output_tokens, sparse], dim=1)
+
+    def _token_to_image(self, attn: nn.Module, q: Tensor, keys: Tensor, pos: Tensor) -> Tensor:
+        """Tokens attend to per-prompt image tokens without projecting the image tokens."""
+        heads, d = self.num_heads, attn.internal_dim // self.num_heads
+        qh = _heads(attn.q_proj(q), heads) / math.sqrt(d)  # B x H x T x d
+        wk = attn.k_proj.weight.reshape(heads, d, -1)  # H x d x C
+        a = _merge(qh @ wk)  # B x HT x C
+        # (keys + pos) @ a^T without materialising keys + pos, which is B x N x C.
+        scores = torch.baddbmm(a @ pos.transpose(0, 1), a, keys.transpose(1, 2))  # B x HT x N
+        mixed = (torch.softmax(scores, dim=-1) @ keys).unflatten(1, (heads, -1))  # B x H x T x C
+        wv = attn.v_proj.weight.reshape(heads, d, -1)
+        out = mixed @ wv.transpose(1, 2) + attn.v_proj.bias.reshape(heads, 1, d)
+        return attn.out_proj(out.transpose(1, 2).flatten(2))
+
+    def _first_token_to_image(self, layer: nn.Module, ctx: ImageContext, q: Tensor) -> Tensor:
+        """Block 1 token-to-image attention against the shared, projected image tokens."""
+        attn = layer.cross_attn_token_to_image
+        heads, d = self.num_heads, attn.internal_dim // self.num_heads
+        qh = _heads(attn.q_proj(q), heads) / math.sqrt(d)  # B x H x T x d
+        kh = ctx.first_t2i_k.reshape(-1, heads, d).transpose(0, 1)  # H x N x d
+        vh = ctx.first_t2i_v.reshape(-1, heads, d).transpose(0, 1)
+        out = torch.softmax(qh @ kh.transpose(1, 2), dim=-1) @ vh  # B x H x T x d
+        return attn.out_proj(out.transpose(1, 2).flatten(2))
+
+    def _image_to_token(
+        self, attn: nn.Module, ctx: ImageContext, keys: Tensor, tokens: Tensor, queries: Tensor
+    ) -> Tensor:
+        """Image tokens attend to the prompt tokens; returns the updated keys, before norm4.
+
+        In block 1 (`keys` is the shared 1 x N x C) the projected image query is shared;
+        later the query projection moves onto the tokens. The output projection always moves
+        onto the tokens, and the residual add happens inside the last matrix product.
+        """
+        heads, d = self.num_heads, attn.internal_dim // self.num_heads
+        kh = _heads(attn.k_proj(queries + tokens), heads) / math.sqrt(d)  # B x H x T x d
+        if keys.shape[0] == 1:
+            q_image = ctx.first_i2t_q.reshape(-1, heads, d).permute(1, 2, 0)  # H x d x N
+            scores = kh @ q_image  # B x H x T x N
+        else:
+            wq = attn.q_proj.weight.reshape(heads, d, -1)  # H x d x C
+            g = _merge(kh @ wq)  # B x HT x C
+            bias = _merge(kh @ attn.q_proj.bias.reshape(heads, d, 1))  # B x HT x 1
+            pos_scores = g @ ctx.pos[0].transpose(0, 1) + bias
+            scores = torch.baddbmm(pos_scores, g, keys.transpose(1, 2)).unflatten(1, (heads, -1))
+        # Softmax over the T prompt tokens, laid out along dim 2 so the kernel runs over N.
+        probs = torch.softmax(scores, dim=2).flatten(1, 2)  # B x HT x N
+        vh = _heads(attn.v_proj(queries), heads)  # B x H x T x d
+        wo = attn.out_proj.weight.reshape(-1, heads, d).transpose(0, 1)  # H x C x d
+        # Each head's probabilities sum to one, so the output bias is spread over the heads.
+        u = _merge(vh @ wo.transpose(1, 2) + attn.out_proj.bias / heads)  # B x HT x C
+        return torch.baddbmm(keys, probs.transpose(1, 2), u)
+
+    @torch.no_grad()
+    def decode_tokens(self, ctx: ImageContext, points: Tensor) -> DecodedTokens:
+        """Runs the two-way transformer and the IoU head for B points (model input frame)."""
+        tokens = self._prompt_tokens(points)
+        queries, keys = tokens, ctx.keys
+        for i, layer in enumerate(self.transformer.layers):
+            if i == 0:
+                queries = layer.self_attn(q=queries, k=queries, v=queries)
+            else:
+                q = queries + tokens
+                queries = queries + layer.self_attn(q=q, k=q, v=queries)
+            queries = layer.norm1(queries)
+            if i == 0:
+                update = self._first_token_to_image(layer, ctx, queries + tokens)
+            else:
+                attn = layer.cross_attn_token_to_image
+                update = self._token_to_image(attn, queries + tokens, keys, ctx.pos[0])
+            queries = layer.norm2(queries + update)
+            queries = layer.norm3(queries + layer.mlp(queries))
+            attn = layer.cross_attn_image_to_token
+            keys = layer.norm4(self._image_to_token(attn, ctx, keys, tokens, queries))
+
+        attn = self.transformer.final_attn_token_to_image
+        queries = queries + self._token_to_image(attn, queries + tokens, keys, ctx.pos[0])
+        queries = self.transformer.norm_final_attn(queries)
+
+        iou_preds = self.mask_decoder.iou_prediction_head(queries[:, 0, :])
+        return DecodedTokens(keys=keys, mask_tokens=queries[:, 2:5, :], iou_preds=iou_preds[:, 1:])
+
+    @torch.no_grad()
+    def upscale(self, ctx: ImageContext, keys: Tensor, mask_tokens: Tensor) -> Tensor:
+        """Low-resolution mask logits (b x 3 x 4h x 4w) for the given prompts' outputs.
+
+        The keys are channels-last already; the convolutions run on that layout, so the
+        channel norm and the hypernetwork product need no transposed copies.
+        """
+        conv1, norm, _, conv2, _ = self.mask_decoder.output_upscaling
+        b, (h, w) = keys.shape[0], ctx.grid
+        x = conv1(keys.view(b, h, w, -1).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        x = F.gelu(F.layer_norm(x, x.shape[-1:], norm.weight, norm.bias, norm.eps))
+        x = F.gelu(conv2(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)  # b x 4h x 4w x C/8
+        mlps = self.mask_decoder.output_hypernetworks_mlps
+        hyper = torch.stack([mlps[i + 1](mask_tokens[:, i]) for i in range(3)], dim=1)
+        return torch.einsum("bmc,byxc->bmyx", hyper, x)
+
+
+def upscale_to_crop(
+    low_res: Tensor, encoder_size: int, input_size: tuple[int, int], crop_size: tuple[int, int]
+) -> Tensor:
+    """SAM's postprocess_masks: to the padded encoder input, unpad, then to the crop's size."""
+    masks = F.interpolate(
+        low_res, (encoder_size, encoder_size), mode="bilinear", align_corners=False
+    )
+    masks = masks[..., : input_size[0], : input_size[1]]
+    return F.interpolate(masks, crop_size, mode="bilinear", align_corners=False)

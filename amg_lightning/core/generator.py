@@ -1,0 +1,312 @@
+"""Automatic mask generation over a crop pyramid: the masks of SAM's reference generator, faster.
+
+Per crop: embed, decode the crop's point grid in batches, keep masks by predicted IoU before
+any upscaling, then by stability score at full resolution, drop masks cut by the crop's edge,
+encode to RLE and remove duplicates by box NMS. Per image: NMS across crops preferring smaller
+crops, then optionally fill small holes and remove small islands, and NMS again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from amg_lightning.core import rle
+from amg_lightning.core.boxes import box_nms, masks_to_boxes, near_crop_edge, xyxy_to_xywh
+from amg_lightning.core.decoder import ImageContext, PointDecoder, upscale_to_crop
+from amg_lightning.core.grids import crop_boxes, layer_point_grids
+from amg_lightning.core.image import check_image, encoder_input, resized_shape
+from amg_lightning.core.regions import remove_small_regions
+from amg_lightning.core.settings import AmgSettings
+
+
+@dataclass
+class MaskSet:
+    """Masks of one image as parallel columns; RLEs are in full-image coordinates."""
+
+    rles: list[np.ndarray] = field(default_factory=list)
+    boxes: list[Tensor] = field(default_factory=list)  # XYXY, image frame
+    iou_preds: list[Tensor] = field(default_factory=list)
+    stability: list[Tensor] = field(default_factory=list)
+    points: list[Tensor] = field(default_factory=list)  # XY, image frame
+    crop_boxes: list[Tensor] = field(default_factory=list)  # XYXY
+
+    def add(self, rles: list[np.ndarray], **columns: Tensor) -> None:
+        self.rles.extend(rles)
+        for name, values in columns.items():
+            getattr(self, name).append(values.cpu())
+
+    def merged(self) -> MaskSet:
+        """One tensor per column (empty tensors when there are no masks)."""
+        empty = {"boxes": (0, 4), "points": (0, 2), "crop_boxes": (0, 4)}
+        out = MaskSet(rles=list(self.rles))
+        for name in ("boxes", "iou_preds", "stability", "points", "crop_boxes"):
+            parts = getattr(self, name)
+            setattr(out, name, [torch.cat(parts) if parts else torch.zeros(empty.get(name, (0,)))])
+        return out
+
+    def column(self, name: str) -> Tensor:
+        return getattr(self, name)[0]
+
+    def select(self, keep: Tensor) -> MaskSet:
+        """The masks at indices `keep` (of a merged set), in that order."""
+        index = keep.tolist()
+        out = MaskSet(rles=[self.rles[i] for i in index])
+        for name in ("boxes", "iou_preds", "stability", "points", "crop_boxes"):
+            setattr(out, name, [self.column(name)[keep]])
+        return out
+
+    def __len__(self) -> int:
+        return len(self.rles)
+
+
+class AutomaticMaskGenerator:
+    """Drop-in for segment_anything's SamAutomaticMaskGenerator; same arguments and records.
+
+    `fast=True` runs the encoder and decoder under bfloat16 autocast on CUDA (masks differ
+    slightly from the reference; scripts/benchmark.py reports by how much). It has no effect
+    on the CPU.
+    """
+
+    def __init__(self, model: nn.Module, fast: bool = False, **settings: Any) -> None:
+        self.settings = AmgSettings(**settings)
+        self.model = model
+        self.decoder = PointDecoder(model)
+        self.fast = fast
+        s = self.settings
+        self.point_grids = (
+            list(s.point_grids)
+            if s.point_grids is not None
+            else layer_point_grids(
+                s.points_per_side, s.crop_n_layers, s.crop_n_points_downscale_factor
+            )
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.pixel_mean.device
+
+    @torch.no_grad()
+    def generate(self, image: np.ndarray) -> list[dict[str, Any]]:
+        """Mask records for one HWC uint8 RGB image, as SamAutomaticMaskGenerator.generate."""
+        return self.generate_batch([image])[0]
+
+    @torch.no_grad()
+    def generate_batch(self, images: list[np.ndarray]) -> list[list[dict[str, Any]]]:
+        """Mask records for each image; the crops of all images share encoder batches."""
+        for image in images:
+            check_image(image)
+        plans = [
+            crop_boxes(
+                image.shape[:2], self.settings.crop_n_layers, self.settings.crop_overlap_ratio
+            )
+            for image in images
+        ]
+        jobs = [
+            (i, box, layer)
+            for i, (boxes, layers) in enumerate(plans)
+            for box, layer in zip(boxes, layers, strict=True)
+        ]
+        masks_per_image = [MaskSet() for _ in images]
+        for (i, box, layer), embedding in zip(jobs, self._embeddings(images, jobs), strict=True):
+            crop_masks = self._crop_masks(embedding, images[i].shape[:2], box, layer)
+            masks_per_image[i].add(crop_masks.rles, **{k: crop_masks.column(k) for k in _COLUMNS})
+        return [
+            self._finish(masks.merged(), image.shape[:2])
+            for masks, image in zip(masks_per_image, images, strict=True)
+        ]
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.fast and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _embeddings(self, images: list[np.ndarray], jobs: list[tuple]) -> Iterator[Tensor]:
+        """Image-encoder embeddings of every crop, `crops_per_batch` crops per forward pass."""
+        step = self.settings.crops_per_batch
+        for start in range(0, len(jobs), step):
+            crops = [
+                images[i][y0:y1, x0:x1] for i, (x0, y0, x1, y1), _ in jobs[start : start + step]
+            ]
+            with self._autocast():
+                embeddings = self.model.image_encoder(encoder_input(self.model, crops))
+            yield from embeddings.float().split(1)
+
+    def _crop_masks(
+        self, embedding: Tensor, image_size: tuple[int, int], crop_box: list[int], layer: int
+    ) -> MaskSet:
+        """Masks prompted by one crop's point grid, filtered and de-duplicated within the crop."""
+        x0, y0, x1, y1 = crop_box
+        crop_size = (y1 - y0, x1 - x0)
+        input_size = resized_shape(*crop_size, self.model.image_encoder.img_size)
+        points = self.point_grids[layer] * np.array(crop_size)[None, ::-1]  # XY in the crop
+        scale = np.array([input_size[1] / crop_size[1], input_size[0] / crop_size[0]])
+        with self._autocast():
+            ctx = self.decoder.prepare(embedding)
+        masks = MaskSet()
+        for start in range(0, len(points), self.settings.points_per_batch):
+            batch = points[start : start + self.settings.points_per_batch]
+            self._decode_batch(ctx, batch, scale, crop_box, image_size, input_size, masks)
+        masks = masks.merged()
+        keep = box_nms(
+            masks.column("boxes"), masks.column("iou_preds"), self.settings.box_nms_thresh
+        )
+        return masks.select(keep)
+
+    def _decode_batch(
+        self,
+        ctx: ImageContext,
+        points: np.ndarray,
+        scale: np.ndarray,
+        crop_box: list[int],
+        image_size: tuple[int, int],
+        input_size: tuple[int, int],
+        out: MaskSet,
+    ) -> None:
+        """Decodes one batch of points and adds the masks that pass every per-mask filter."""
+        s = self.settings
+        model_points = torch.as_tensor(points * scale, device=self.device)
+        with self._autocast():
+            tokens = self.decoder.decode_tokens(ctx, model_points)
+        iou_preds = tokens.iou_preds.float()
+        passed = (
+            iou_preds > s.pred_iou_thresh
+            if s.pred_iou_thresh > 0
+            else torch.ones_like(iou_preds, dtype=torch.bool)
+        )
+        prompts = passed.any(dim=1).nonzero()[:, 0]
+        if len(prompts) == 0:
+            return
+        # Only prompts with a mask that passed are upscaled; the rest would be dropped anyway.
+        with self._autocast():
+            low_res = self.decoder.upscale(ctx, tokens.keys[prompts], tokens.mask_tokens[prompts])
+        kept = passed[prompts]
+        low_res = low_res.float()[kept]
+        mask_points = torch.as_tensor(points, device=self.device)[prompts].repeat_interleave(
+            kept.sum(1), dim=0
+        )
+        mask_ious = iou_preds[prompts][kept]
+        crop_size = (crop_box[3] - crop_box[1], crop_box[2] - crop_box[0])
+        for chunk in self._chunks(len(low_res), crop_size):
+            logits = upscale_to_crop(
+                low_res[chunk, None], self.model.image_encoder.img_size, input_size, crop_size
+            )[:, 0]
+            self._filter_full_res(
+                logits, mask_ious[chunk], mask_points[chunk], crop_box, image_size, out
+            )
+
+    def _chunks(self, count: int, crop_size: tuple[int, int]) -> Iterator[slice]:
+        """Slices of masks whose full-resolution logits fit in `upscale_budget_mb`."""
+        encoder_size = self.model.image_encoder.img_size
+        bytes_per_mask = 4 * (crop_size[0] * crop_size[1] * 3 + encoder_size**2)
+        step = max(1, self.settings.upscale_budget_mb * 2**20 // bytes_per_mask)
+        for start in range(0, count, step):
+            yield slice(start, start + step)
+
+    def _filter_full_res(
+        self,
+        logits: Tensor,
+        iou_preds: Tensor,
+        points: Tensor,
+        crop_box: list[int],
+        image_size: tuple[int, int],
+        out: MaskSet,
+    ) -> None:
+        """Stability filter, binarisation, crop-edge filter and RLE for crop-sized logits."""
+        s = self.settings
+        threshold = self.model.mask_threshold
+        stability = stability_score(logits, threshold, s.stability_score_offset)
+        keep = (
+            stability >= s.stability_score_thresh
+            if s.stability_score_thresh > 0
+            else torch.ones_like(stability, dtype=torch.bool)
+        )
+        masks = logits[keep] > threshold
+        offset = torch.tensor(crop_box[:2] * 2, device=masks.device)
+        boxes = masks_to_boxes(masks) + offset
+        inside = ~near_crop_edge(boxes, crop_box, [0, 0, image_size[1], image_size[0]])
+        masks = masks[inside]
+        if len(masks) == 0:
+            return
+        crop_box_tensor = torch.tensor([crop_box], device=masks.device).expand(len(masks), 4)
+        out.add(
+            rle.encode_in_image(masks, crop_box, image_size),
+            boxes=boxes[inside],
+            iou_preds=iou_preds[keep][inside],
+            stability=stability[keep][inside],
+            points=points[keep][inside] + offset[:2],
+            crop_boxes=crop_box_tensor,
+        )
+
+    def _finish(self, masks: MaskSet, image_size: tuple[int, int]) -> list[dict[str, Any]]:
+        """Cross-crop NMS, small-region removal, and the output records."""
+        s = self.settings
+        if s.crop_n_layers > 0:
+            crops = masks.column("crop_boxes")
+            areas = ((crops[:, 2] - crops[:, 0]) * (crops[:, 3] - crops[:, 1])).float()
+            masks = masks.select(box_nms(masks.column("boxes"), 1 / areas, s.crop_nms_thresh))
+        if s.min_mask_region_area > 0 and len(masks):
+            masks = self._remove_small_regions(
+                masks, image_size, max(s.box_nms_thresh, s.crop_nms_thresh)
+            )
+        return [self._record(masks, i, image_size) for i in range(len(masks))]
+
+    def _remove_small_regions(
+        self, masks: MaskSet, image_size: tuple[int, int], nms_thresh: float
+    ) -> MaskSet:
+        """Fills small holes and drops small islands; NMS prefers masks that needed neither."""
+        boxes = masks.column("boxes").clone()
+        changed_rles: dict[int, np.ndarray] = {}
+        for i, counts in enumerate(masks.rles):
+            mask, changed = remove_small_regions(
+                rle.decode(counts, image_size),
+                boxes[i].tolist(),
+                self.settings.min_mask_region_area,
+            )
+            if changed:
+                changed_rles[i] = rle.encode_mask(mask)
+                boxes[i] = masks_to_boxes(torch.from_numpy(mask)[None])[0]
+        unchanged = torch.tensor([float(i not in changed_rles) for i in range(len(masks))])
+        keep = box_nms(boxes, unchanged, nms_thresh)
+        masks.rles = [changed_rles.get(i, counts) for i, counts in enumerate(masks.rles)]
+        masks.boxes = [boxes]
+        return masks.select(keep)
+
+    def _record(self, masks: MaskSet, i: int, image_size: tuple[int, int]) -> dict[str, Any]:
+        counts = masks.rles[i]
+        return {
+            "segmentation": _encode_output(counts, image_size, self.settings.output_mode),
+            "area": rle.area(counts),
+            "bbox": xyxy_to_xywh(masks.column("boxes")[i : i + 1])[0].tolist(),
+            "predicted_iou": masks.column("iou_preds")[i].item(),
+            "point_coords": [masks.column("points")[i].tolist()],
+            "stability_score": masks.column("stability")[i].item(),
+            "crop_box": xyxy_to_xywh(masks.column("crop_boxes")[i : i + 1])[0].tolist(),
+        }
+
+
+_COLUMNS = ("boxes", "iou_preds", "stability", "points", "crop_boxes")
+
+
+def stability_score(logits: Tensor, threshold: float, offset: float) -> Tensor:
+    """IoU of the masks binarised at threshold + offset and threshold - offset.
+
+    The first is always inside the second, so the IoU is a ratio of pixel counts.
+    """
+    inner = (logits > threshold + offset).sum(dim=(-1, -2))
+    outer = (logits > threshold - offset).sum(dim=(-1, -2))
+    return inner / outer
+
+
+def _encode_output(counts: np.ndarray, size: tuple[int, int], mode: str) -> Any:
+    if mode == "coco_rle":
+        return rle.to_coco(counts, size)
+    if mode == "uncompressed_rle":
+        return rle.to_uncompressed(counts, size)
+    return rle.decode(counts, size)
