@@ -34,7 +34,8 @@ class EmbeddingCache:
     @staticmethod
     def key(model_id: str, image: np.ndarray, crop_box: list[int]) -> str:
         """sha256 over the model, the image's shape, dtype and pixels, and the crop box."""
-        header = json.dumps([model_id, list(image.shape), str(image.dtype), list(crop_box)])
+        box = [int(v) for v in crop_box]  # numpy integers would not serialise, nor hash alike
+        header = json.dumps([model_id, list(image.shape), str(image.dtype), box])
         digest = hashlib.sha256(header.encode())
         digest.update(np.ascontiguousarray(image).data)
         return digest.hexdigest()

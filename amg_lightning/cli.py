@@ -1,0 +1,104 @@
+"""`predict.py` / `amg-predict`: check the config, build the parts from it, predict, summarise."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from amg_lightning.checkpoints import resolve_checkpoint
+from amg_lightning.config import ConfigError, check_config, generator_settings
+from amg_lightning.core.models import CheckpointError
+from amg_lightning.logging_utils import get_logger
+from amg_lightning.progress import ThroughputProgressBar
+from amg_lightning.writer import RleShardWriter, completed_keys
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
+log = get_logger(__name__)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="predict")
+def main(cfg: DictConfig) -> None:
+    """Entry point; a mistake in the config or inputs ends with one line and exit code 2."""
+    try:
+        check_config(cfg)
+        if _sweep_job_needs_own_process(cfg):
+            _run_in_own_process()
+        else:
+            predict(cfg)
+    except (ConfigError, CheckpointError) as err:
+        log.error(f"error: {err}")
+        sys.exit(2)
+
+
+def predict(cfg: DictConfig) -> dict[str, Any] | None:
+    """Runs the prediction; returns the summary on global rank 0 (None on other ranks)."""
+    output_dir = Path(cfg.output_dir)
+    checkpoint = resolve_checkpoint(cfg.model.model_type, cfg.model.checkpoint)
+    model = instantiate(
+        cfg.model,
+        checkpoint=str(checkpoint) if checkpoint else None,
+        settings=generator_settings(cfg),
+        fast=cfg.fast,
+    )
+    done = completed_keys(output_dir) if cfg.resume else set()
+    if done:
+        log.info(f"resuming: {len(done)} images already done in {output_dir}")
+    datamodule = instantiate(cfg.data, skip_keys=done)
+    writer = RleShardWriter(
+        str(output_dir), shard_size=cfg.shard_size, config=OmegaConf.to_container(cfg, resolve=True)
+    )
+    trainer = instantiate(cfg.trainer, callbacks=[writer, ThroughputProgressBar()])
+    trainer.predict(model, datamodule=datamodule, return_predictions=False)
+    if not trainer.is_global_zero:
+        return None
+    return _finish_summary(cfg, output_dir)
+
+
+def _finish_summary(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
+    """Adds evaluation scores when ground truth is given, and logs the one-line summary."""
+    summary_path = output_dir / "summary.json"
+    summary = json.loads(summary_path.read_text())
+    if cfg.eval.gt:
+        from amg_lightning.evaluation import evaluate_output_dir
+
+        summary["eval"] = evaluate_output_dir(output_dir, cfg.eval.gt)
+        summary_path.write_text(json.dumps(summary, indent=2))
+    scores = "".join(
+        f", {k} {v:.3f}" for k, v in summary.get("eval", {}).items() if k in ("AR@100", "AP")
+    )
+    log.info(
+        f"done: {summary['images']} images, {summary['masks']} masks, {summary['errors']} errors "
+        f"in {summary['wall_seconds']:.1f} s ({summary['images_per_second']:.2f} images/s{scores}) "
+        f"-> {output_dir}"
+    )
+    return summary
+
+
+def _sweep_job_needs_own_process(cfg: DictConfig) -> bool:
+    """True for a multirun job whose DDP processes Lightning would start.
+
+    Lightning restarts the script for each extra rank with the original command line, which
+    in a multirun would run the whole sweep again, into the wrong directory. Such a job runs
+    instead as a single run of its own, in its job directory, where the restart is right.
+    """
+    launched_externally = "LOCAL_RANK" in os.environ
+    is_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
+    return is_sweep and "ddp" in str(cfg.trainer.strategy) and not launched_externally
+
+
+def _run_in_own_process() -> None:
+    hydra_cfg = HydraConfig.get()
+    job_dir = hydra_cfg.runtime.output_dir
+    command = [sys.executable, sys.argv[0], *hydra_cfg.overrides.task]
+    command += [f"hydra.run.dir={job_dir}", "hydra.output_subdir=null"]
+    subprocess.run(command, check=True, cwd=hydra.utils.get_original_cwd())

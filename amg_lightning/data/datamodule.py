@@ -1,0 +1,181 @@
+"""WebDataset tar shards to batches of decoded images, each sample read exactly once.
+
+Every DataLoader worker of every rank is one of G = world_size * max(num_workers, 1)
+readers. With at least G shards, reader g reads shards[g::G]; with fewer, every reader
+reads all shards and keeps the samples whose running index i has i % G == g. Either way
+each sample goes to exactly one reader, in a deterministic order.
+"""
+
+from __future__ import annotations
+
+import glob
+import tarfile
+from collections.abc import Collection, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning
+import torch
+import webdataset as wds
+from braceexpand import braceexpand
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset.tariterators import group_by_keys, tar_file_iterator
+
+from amg_lightning.data.decode import IMAGE_EXTENSIONS, decode_image
+
+Batch = dict[str, list[Any]]
+BATCH_FIELDS = ("key", "url", "image", "error")
+NO_IMAGE_ERROR = f"no image member ({', '.join(IMAGE_EXTENSIONS)})"
+
+
+def resolve_urls(urls: str | Sequence[str]) -> list[str]:
+    """Expand brace patterns, globs and directories into a list of shard urls.
+
+    Remote urls (with a scheme, or `pipe:`) pass through unchecked. Raises ValueError
+    when an entry matches no shard.
+    """
+    entries = [urls] if isinstance(urls, str) else list(urls)
+    expanded = [url for entry in entries for url in braceexpand(str(entry))]
+    resolved: list[str] = []
+    unmatched: list[str] = []
+    for url in expanded:
+        matches = _expand_local(url)
+        resolved.extend(matches)
+        if not matches:
+            unmatched.append(url)
+    if unmatched or not resolved:
+        raise ValueError(f"data.urls matched no shards: {', '.join(unmatched) or urls}")
+    return resolved
+
+
+def _expand_local(url: str) -> list[str]:
+    """A directory's `*.tar` files, a glob's matches, an existing file, or a remote url."""
+    if "://" in url or url.startswith("pipe:"):
+        return [url]
+    path = Path(url)
+    if path.is_dir():
+        return sorted(str(tar) for tar in path.glob("*.tar"))
+    if glob.has_magic(url):
+        return sorted(glob.glob(url))
+    return [url] if path.is_file() else []
+
+
+@dataclass(frozen=True)
+class WorkerSplit:
+    """The shards one reader opens, and which of their samples (by running index) it keeps."""
+
+    urls: list[str]
+    stride: int
+    offset: int
+
+    def keeps(self, index: int) -> bool:
+        return index % self.stride == self.offset
+
+
+def split_for_reader(urls: Sequence[str], reader: int, num_readers: int) -> WorkerSplit:
+    """Whole shards for each reader when there are enough, else every `num_readers`-th sample."""
+    if len(urls) >= num_readers:
+        return WorkerSplit(urls=list(urls[reader::num_readers]), stride=1, offset=0)
+    return WorkerSplit(urls=list(urls), stride=num_readers, offset=reader)
+
+
+def read_shard(url: str) -> Iterator[dict[str, Any]]:
+    """Raw webdataset samples of one shard; an unreadable shard ends in one error sample."""
+    try:
+        with wds.gopen(url) as stream:
+            members = ({**member, "__url__": url} for member in tar_file_iterator(stream))
+            yield from group_by_keys(members)
+    except (OSError, tarfile.TarError, ValueError) as error:
+        yield {"__key__": url, "__url__": url, "__error__": f"unreadable shard: {error}"}
+
+
+def decode_sample(sample: dict[str, Any]) -> dict[str, Any]:
+    """A batch record: the sample's image as a uint8 HWC tensor, or None and an error."""
+    record = {"key": sample["__key__"], "url": sample["__url__"], "image": None, "error": None}
+    try:
+        record["image"] = torch.from_numpy(_decoded_image(sample))
+    except ValueError as error:
+        record["error"] = str(error)
+    return record
+
+
+def _decoded_image(sample: dict[str, Any]) -> Any:
+    if "__error__" in sample:
+        raise ValueError(sample["__error__"])
+    extension = next((ext for ext in IMAGE_EXTENSIONS if ext in sample), None)
+    if extension is None:
+        raise ValueError(NO_IMAGE_ERROR)
+    return decode_image(sample[extension])
+
+
+def collate_records(records: list[dict[str, Any]]) -> Batch:
+    """Lists per field: images differ in size, and failed samples stay in the batch."""
+    return {field: [record[field] for record in records] for field in BATCH_FIELDS}
+
+
+class ShardSamples(IterableDataset):
+    """Decoded samples of this reader's share of the shards, skipping `skip_keys`."""
+
+    def __init__(
+        self, urls: Sequence[str], rank: int, world_size: int, skip_keys: Collection[str]
+    ) -> None:
+        super().__init__()
+        self.urls = list(urls)
+        self.rank = rank
+        self.world_size = world_size
+        self.skip_keys = frozenset(skip_keys)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        split = split_for_reader(self.urls, *self._reader())
+        index = 0
+        for url in split.urls:
+            for sample in read_shard(url):
+                keep = split.keeps(index) and sample["__key__"] not in self.skip_keys
+                index += 1
+                if keep:
+                    yield decode_sample(sample)
+
+    def _reader(self) -> tuple[int, int]:
+        """This reader's global id and the number of readers over all ranks and workers."""
+        info = get_worker_info()
+        workers_per_rank = info.num_workers if info else 1
+        worker_id = info.id if info else 0
+        return self.rank * workers_per_rank + worker_id, self.world_size * workers_per_rank
+
+
+class WebDatasetDataModule(lightning.LightningDataModule):
+    """Prediction batches from WebDataset shards, split exactly once over ranks and workers."""
+
+    def __init__(
+        self,
+        urls: str | list[str],
+        batch_size: int = 1,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        skip_keys: Collection[str] = (),
+    ) -> None:
+        super().__init__()
+        self.shard_urls = resolve_urls(urls)
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.skip_keys = skip_keys
+        self.rank = 0
+        self.world_size = 1
+
+    def setup(self, stage: str) -> None:
+        """Take rank and world size from the trainer, so each rank reads its own share."""
+        if self.trainer is not None:
+            self.rank = self.trainer.global_rank
+            self.world_size = self.trainer.world_size
+
+    def predict_dataloader(self) -> DataLoader:
+        samples = ShardSamples(self.shard_urls, self.rank, self.world_size, self.skip_keys)
+        return DataLoader(
+            samples,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            collate_fn=collate_records,
+        )

@@ -1,0 +1,78 @@
+"""The LightningModule: SAM plus generator settings; `predict_step` segments a batch of images."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+
+from amg_lightning.core.generator import AutomaticMaskGenerator
+from amg_lightning.core.models import build_sam
+
+
+class AmgModule(L.LightningModule):
+    """Runs the complete crop-pyramid mask generation for every image of a batch.
+
+    Batches are `{"key", "url", "image", "error"}` lists as the WebDataset DataModule makes
+    them; each result is `{"key", "url", "height", "width", "annotations", "error"}` with
+    annotations in COCO RLE form. An image that fails keeps its key and carries the error.
+    """
+
+    def __init__(
+        self,
+        model_type: str,
+        checkpoint: str | None = None,
+        settings: dict[str, Any] | None = None,
+        fast: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.sam = build_sam(model_type, checkpoint)
+        self.sam.requires_grad_(False)
+        settings = {**(settings or {}), "output_mode": "coco_rle"}
+        self.generator = AutomaticMaskGenerator(self.sam, fast=fast, **settings)
+
+    def transfer_batch_to_device(
+        self, batch: Any, device: torch.device, dataloader_idx: int
+    ) -> Any:
+        # Crops are cut and resized on the host, as SAM's predictor does; only they move.
+        return batch
+
+    def predict_step(self, batch: dict[str, list], batch_idx: int = 0) -> list[dict[str, Any]]:
+        images = {i: image.numpy() for i, image in enumerate(batch["image"]) if image is not None}
+        generated = self._generate(images)
+        results = []
+        for i, key in enumerate(batch["key"]):
+            image = images.get(i)
+            outcome = generated.get(i, batch["error"][i])  # records, or an error message
+            failed = isinstance(outcome, str)
+            results.append(
+                {
+                    "key": key,
+                    "url": batch["url"][i],
+                    "height": None if image is None else int(image.shape[0]),
+                    "width": None if image is None else int(image.shape[1]),
+                    "annotations": [] if failed else outcome,
+                    "error": outcome if failed else None,
+                }
+            )
+        return results
+
+    def _generate(self, images: dict[int, Any]) -> dict[int, list | str]:
+        """Records per image index; an image that fails alone gets its error message instead."""
+        if not images:
+            return {}
+        try:
+            return dict(
+                zip(images, self.generator.generate_batch(list(images.values())), strict=True)
+            )
+        except (ValueError, RuntimeError):
+            pass  # one bad image must not cost the others: retry them one at a time
+        out: dict[int, Any] = {}
+        for i, image in images.items():
+            try:
+                out[i] = self.generator.generate(image)
+            except (ValueError, RuntimeError) as err:
+                out[i] = f"{type(err).__name__}: {err}"
+        return out

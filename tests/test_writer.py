@@ -1,0 +1,229 @@
+"""RleShardWriter under a real Trainer: rotation, errors, summary, resume after interruption."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import lightning
+import numpy as np
+import pytest
+import webdataset as wds
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from amg_lightning.data.datamodule import WebDatasetDataModule
+from amg_lightning.module import AmgModule
+from amg_lightning.results import iter_results, shard_paths
+from amg_lightning.writer import RleShardWriter, completed_keys
+
+
+def coco_rle_record(mask: np.ndarray) -> dict[str, Any]:
+    """One annotation in the module's COCO-RLE form, from a boolean mask."""
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {
+        "segmentation": {"size": list(rle["size"]), "counts": rle["counts"].decode()},
+        "area": int(mask.sum()),
+        "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+        "predicted_iou": 0.9,
+        "point_coords": [[1.0, 2.0]],
+        "stability_score": 0.95,
+        "crop_box": [0, 0, mask.shape[1], mask.shape[0]],
+    }
+
+
+class ThresholdModule(lightning.LightningModule):
+    """A real stand-in segmenter: two masks per image, bright and dark pixels.
+
+    Raises on batch `fail_at_batch` to play an interrupted run.
+    """
+
+    def __init__(self, fail_at_batch: int | None = None) -> None:
+        super().__init__()
+        self.fail_at_batch = fail_at_batch
+
+    def predict_step(self, batch: dict[str, list], batch_idx: int) -> list[dict[str, Any]]:
+        if batch_idx == self.fail_at_batch:
+            raise RuntimeError("interrupted")
+        fields = zip(batch["key"], batch["url"], batch["image"], batch["error"], strict=True)
+        return [self._result(key, url, image, error) for key, url, image, error in fields]
+
+    @staticmethod
+    def _result(key: str, url: str, image: Any, error: str | None) -> dict[str, Any]:
+        if image is None:
+            return {
+                "key": key,
+                "url": url,
+                "height": None,
+                "width": None,
+                "annotations": [],
+                "error": error,
+            }
+        bright = image.numpy()[:, :, 0] > 127
+        annotations = [coco_rle_record(bright), coco_rle_record(~bright)]
+        height, width = bright.shape
+        return {
+            "key": key,
+            "url": url,
+            "height": height,
+            "width": width,
+            "annotations": annotations,
+            "error": None,
+        }
+
+
+def half_bright_png(height: int, width: int) -> bytes:
+    pixels = np.zeros((height, width, 3), dtype=np.uint8)
+    pixels[: height // 2] = 255
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def write_input_shard(path: Path, keys: list[str], corrupt: tuple[str, ...] = ()) -> str:
+    with wds.TarWriter(str(path)) as writer:
+        for index, key in enumerate(keys):
+            data = b"broken" if key in corrupt else half_bright_png(6 + index, 8)
+            writer.write({"__key__": key, "png": data})
+    return str(path)
+
+
+def predict(
+    urls: str | list[str],
+    writer: RleShardWriter,
+    fail_at_batch: int | None = None,
+    skip_keys: set[str] | frozenset[str] = frozenset(),
+) -> None:
+    trainer = lightning.Trainer(
+        accelerator="cpu", devices=1, callbacks=[writer], logger=False, enable_progress_bar=False
+    )
+    data = WebDatasetDataModule(urls, batch_size=2, skip_keys=skip_keys)
+    trainer.predict(ThresholdModule(fail_at_batch), datamodule=data, return_predictions=False)
+
+
+@pytest.fixture
+def inputs(tmp_path: Path) -> tuple[str, list[str]]:
+    keys = [f"img{i}" for i in range(7)]
+    return write_input_shard(tmp_path / "in.tar", keys, corrupt=("img3",)), keys
+
+
+def test_shards_rotate_and_hold_each_image(tmp_path: Path, inputs: tuple[str, list[str]]) -> None:
+    url, keys = inputs
+    out = tmp_path / "out"
+    predict(url, RleShardWriter(str(out), shard_size=2, config={"model": "threshold"}))
+    assert [p.name for p in shard_paths(out)] == [f"masks-r000-{n:06d}.tar" for n in range(3)]
+    assert not list(out.glob("*.tmp"))
+    results = list(iter_results(out))
+    good_keys = [k for k in keys if k != "img3"]
+    assert [r["image"]["key"] for r in results] == good_keys
+    first = results[0]
+    assert first["image"] == {"key": "img0", "url": url, "height": 6, "width": 8}
+    bright = mask_utils.decode(first["annotations"][0]["segmentation"])
+    np.testing.assert_array_equal(bright, np.repeat([[1], [1], [1], [0], [0], [0]], 8, axis=1))
+    assert completed_keys(out) == set(good_keys)
+
+
+def test_errors_file_and_summary(tmp_path: Path, inputs: tuple[str, list[str]]) -> None:
+    url, _ = inputs
+    out = tmp_path / "out"
+    predict(url, RleShardWriter(str(out), shard_size=4, config={"points_per_side": 4}))
+    lines = (out / "errors-r000.jsonl").read_text().splitlines()
+    (error,) = [json.loads(line) for line in lines]
+    assert error["key"] == "img3" and error["url"] == url
+    assert error["error"].startswith("cannot decode image")
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["images"], summary["masks"], summary["errors"]) == (6, 12, 1)
+    assert summary["config"] == {"points_per_side": 4}
+    assert summary["wall_seconds"] > 0
+    assert summary["images_per_second"] == pytest.approx(6 / summary["wall_seconds"])
+    assert summary["masks_per_second"] == pytest.approx(12 / summary["wall_seconds"])
+
+
+def test_a_second_run_continues_numbering(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    first = write_input_shard(tmp_path / "a.tar", ["a0", "a1", "a2"])
+    second = write_input_shard(tmp_path / "b.tar", ["b0", "b1"])
+    predict(first, RleShardWriter(str(out), shard_size=2))
+    predict(second, RleShardWriter(str(out), shard_size=2))
+    assert [p.name for p in shard_paths(out)] == [f"masks-r000-{n:06d}.tar" for n in range(3)]
+    assert [r["image"]["key"] for r in iter_results(shard_paths(out)[2])] == ["b0", "b1"]
+    assert json.loads((out / "summary.json").read_text())["images"] == 2
+
+
+def test_leftover_unfinished_shard_is_removed_and_redone(
+    tmp_path: Path, inputs: tuple[str, list[str]]
+) -> None:
+    url, keys = inputs
+    out = tmp_path / "out"
+    out.mkdir()
+    leftover = out / "masks-r000-000000.tar.tmp"
+    with wds.TarWriter(str(leftover)) as killed:
+        killed.write({"__key__": "img0", "json": {"image": {"key": "img0"}, "annotations": []}})
+    assert completed_keys(out) == set()
+    predict(url, RleShardWriter(str(out), shard_size=10))
+    assert not leftover.exists()
+    assert [p.name for p in shard_paths(out)] == ["masks-r000-000000.tar"]
+    assert completed_keys(out) == set(keys) - {"img3"}
+
+
+def test_interrupted_run_keeps_finished_images_and_resume_does_the_rest(
+    tmp_path: Path, inputs: tuple[str, list[str]]
+) -> None:
+    url, keys = inputs
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="interrupted"):
+        predict(url, RleShardWriter(str(out), shard_size=10), fail_at_batch=2)
+    done = completed_keys(out)
+    assert done == {"img0", "img1", "img2"}  # img3 failed to decode: an error, not a result
+    assert not list(out.glob("*.tmp"))
+    predict(url, RleShardWriter(str(out), shard_size=3), skip_keys=done)
+    written = [r["image"]["key"] for r in iter_results(out)]
+    assert sorted(written) == sorted(set(keys) - {"img3"})
+
+
+def encoded(pixels: np.ndarray, fmt: str, mode: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode=mode).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def test_tiny_sam_end_to_end_writes_every_key_once(
+    tmp_path: Path, random_image: np.ndarray
+) -> None:
+    gray = random_image[:, :, 1]
+    rgba = np.dstack([random_image, np.full(gray.shape, 128, dtype=np.uint8)])
+    with wds.TarWriter(str(tmp_path / "in-000000.tar")) as writer:
+        writer.write({"__key__": "color", "png": encoded(random_image, "PNG", "RGB")})
+        writer.write({"__key__": "gray", "jpg": encoded(gray, "JPEG", "L")})
+        writer.write({"__key__": "corrupt", "jpg": b"\xff\xd8\xff truncated"})
+    with wds.TarWriter(str(tmp_path / "in-000001.tar")):
+        pass  # an empty shard
+    with wds.TarWriter(str(tmp_path / "in-000002.tar")) as writer:
+        writer.write({"__key__": "rgba", "png": encoded(rgba, "PNG", "RGBA")})
+        writer.write({"__key__": "caption", "txt": b"no image in this sample"})
+    out = tmp_path / "out"
+    trainer = lightning.Trainer(
+        accelerator="cpu",
+        devices=1,
+        callbacks=[RleShardWriter(str(out), shard_size=2)],
+        logger=False,
+        enable_progress_bar=False,
+    )
+    model = AmgModule(model_type="tiny", settings={"points_per_side": 4})
+    data = WebDatasetDataModule(str(tmp_path / "in-{000000..000002}.tar"), batch_size=2)
+    trainer.predict(model, datamodule=data, return_predictions=False)
+
+    results = list(iter_results(out))
+    errors = [json.loads(line) for line in (out / "errors-r000.jsonl").read_text().splitlines()]
+    written = [r["image"]["key"] for r in results] + [e["key"] for e in errors]
+    assert sorted(written) == ["caption", "color", "corrupt", "gray", "rgba"]
+    assert {e["key"] for e in errors} == {"corrupt", "caption"}
+    for result in results:
+        assert (result["image"]["height"], result["image"]["width"]) == gray.shape
+        for record in result["annotations"]:
+            assert record["segmentation"]["size"] == list(gray.shape)
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["images"], summary["errors"]) == (3, 2)
+    assert summary["masks"] == sum(len(r["annotations"]) for r in results)
