@@ -297,10 +297,11 @@ _COLUMNS = ("boxes", "iou_preds", "stability", "points", "crop_boxes")
 def stability_score(logits: Tensor, threshold: float, offset: float) -> Tensor:
     """IoU of the masks binarised at threshold + offset and threshold - offset.
 
-    The first is always inside the second, so the IoU is a ratio of pixel counts.
+    The first is always inside the second, so the IoU is a ratio of pixel counts. Rows are
+    counted in int16 first: a far faster reduction of booleans than one int64 sum.
     """
-    inner = (logits > threshold + offset).sum(dim=(-1, -2))
-    outer = (logits > threshold - offset).sum(dim=(-1, -2))
+    inner = (logits > threshold + offset).sum(-1, dtype=torch.int16).sum(-1, dtype=torch.int32)
+    outer = (logits > threshold - offset).sum(-1, dtype=torch.int16).sum(-1, dtype=torch.int32)
     return inner / outer
 
 
