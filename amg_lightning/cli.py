@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,10 @@ log = get_logger(__name__)
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="predict")
 def main(cfg: DictConfig) -> None:
     """Entry point; a mistake in the config or inputs ends with one line and exit code 2."""
+    # Batches stay on the host on purpose (crops are cut there), and the writer needs no
+    # batch indices: Lightning's warnings about both would only confuse.
+    warnings.filterwarnings("ignore", message=".*transfer_batch_to_device.*")
+    warnings.filterwarnings("ignore", message=".*infer the batch indices.*")
     try:
         check_config(cfg)
         if _sweep_job_needs_own_process(cfg):
@@ -49,6 +54,8 @@ def predict(cfg: DictConfig) -> dict[str, Any] | None:
         checkpoint=str(checkpoint) if checkpoint else None,
         settings=generator_settings(cfg),
         fast=cfg.fast,
+        embedding_cache_dir=cfg.embedding_cache.dir,
+        embedding_cache_gb=cfg.embedding_cache.max_gb,
     )
     done = completed_keys(output_dir) if cfg.resume else set()
     if done:

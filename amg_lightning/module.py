@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 
+from amg_lightning.core.embedding_cache import EmbeddingCache
 from amg_lightning.core.generator import AutomaticMaskGenerator
 from amg_lightning.core.models import build_sam
 
@@ -25,13 +27,23 @@ class AmgModule(L.LightningModule):
         checkpoint: str | None = None,
         settings: dict[str, Any] | None = None,
         fast: bool = False,
+        embedding_cache_dir: str | None = None,
+        embedding_cache_gb: float = 10.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.sam = build_sam(model_type, checkpoint)
         self.sam.requires_grad_(False)
-        settings = {**(settings or {}), "output_mode": "coco_rle"}
-        self.generator = AutomaticMaskGenerator(self.sam, fast=fast, **settings)
+        cache = None
+        if embedding_cache_dir:
+            cache = EmbeddingCache(embedding_cache_dir, int(embedding_cache_gb * 2**30))
+        self.generator = AutomaticMaskGenerator(
+            self.sam,
+            fast=fast,
+            embedding_cache=cache,
+            model_id=_model_id(model_type, checkpoint),
+            **{**(settings or {}), "output_mode": "coco_rle"},
+        )
 
     def transfer_batch_to_device(
         self, batch: Any, device: torch.device, dataloader_idx: int
@@ -76,3 +88,11 @@ class AmgModule(L.LightningModule):
             except (ValueError, RuntimeError) as err:
                 out[i] = f"{type(err).__name__}: {err}"
         return out
+
+
+def _model_id(model_type: str, checkpoint: str | None) -> str:
+    """Names the weights for the embedding cache; a replaced file changes size or mtime."""
+    if checkpoint is None:
+        return model_type
+    stat = Path(checkpoint).stat()
+    return f"{model_type}:{Path(checkpoint).name}:{stat.st_size}:{stat.st_mtime_ns}"

@@ -297,8 +297,20 @@ def _rss_bytes() -> int | None:
         return None
 
 
+_process_peak = 0  # ru_maxrss seen before each VmHWM reset (a reset lowers ru_maxrss too)
+
+
+def process_max_rss() -> int:
+    """The process's peak RSS so far (bytes): ru_maxrss, kept across VmHWM resets."""
+    global _process_peak
+    ru_maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    _process_peak = max(_process_peak, ru_maxrss * (1 if sys.platform == "darwin" else 1024))
+    return _process_peak
+
+
 def _reset_kernel_peak() -> bool:
     """Resets VmHWM (the kernel's peak RSS of this process); Linux >= 4.0."""
+    process_max_rss()
     try:
         Path("/proc/self/clear_refs").write_text("5")
         return True
@@ -493,8 +505,8 @@ def run_benchmark(
                 records, call = measure(lambda m=mode, i=image: m.generate(i.pixels), cuda)
                 mode.calls.append(call)
                 if round_index > 0:
-                    continue
-                if mode is reference:
+                    del records
+                elif mode is reference:
                     ref_records = records
                     mode.per_image.append({"image": image.name, "n_masks": len(records)})
                     print(
@@ -503,14 +515,14 @@ def run_benchmark(
                     )
                 else:
                     parity = compare(ref_records, records)
+                    del records
                     mode.per_image.append({"image": image.name, **parity})
                     print(
                         f"  {image.name}: {mode.name} {call.seconds:.3f} s, "
-                        f"{len(records)} masks (reference {len(ref_records)}), "
+                        f"{parity['n_ours']} masks (reference {parity['n_reference']}), "
                         f"mean IoU {_fmt(parity['mean_iou'], '.4f')}",
                         flush=True,
                     )
-                del records
             del ref_records
         print(f"round {round_index + 1}/{args.rounds} done", flush=True)
 
@@ -565,7 +577,6 @@ def benchmark(args: argparse.Namespace) -> list[dict[str, Any]]:
         flush=True,
     )
     run_benchmark(model, images, modes, args)
-    ru_maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
     common = {
         **common_fields(args, hw),
         "kind": "generate",
@@ -575,7 +586,7 @@ def benchmark(args: argparse.Namespace) -> list[dict[str, Any]]:
             for i in images
         ],
         "n_images": len(images),
-        "process_max_rss_mb": _mb(ru_maxrss),
+        "process_max_rss_mb": _mb(process_max_rss()),
     }
     return [mode_row(mode, modes[0], common) for mode in modes]
 
@@ -613,6 +624,10 @@ def pipeline_command(args: argparse.Namespace, output_dir: Path) -> list[str]:
     return command
 
 
+def run_predict(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+
+
 def pipeline(args: argparse.Namespace) -> list[dict[str, Any]]:
     env = dict(os.environ)
     if args.threads:
@@ -622,7 +637,7 @@ def pipeline(args: argparse.Namespace) -> list[dict[str, Any]]:
         with tempfile.TemporaryDirectory(prefix="amg-bench-") as tmp:
             command = pipeline_command(args, Path(tmp))
             print("$ " + " ".join(command), flush=True)
-            done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+            done = run_predict(command, env)
             if done.returncode != 0:
                 tail = "\n".join((done.stdout + done.stderr).splitlines()[-30:])
                 raise SystemExit(f"error: predict.py failed ({done.returncode}):\n{tail}")
@@ -633,14 +648,15 @@ def pipeline(args: argparse.Namespace) -> list[dict[str, Any]]:
             f"{summary['wall_seconds']:.2f} s ({summary['images_per_second']:.3f} images/s)",
             flush=True,
         )
+    fast = args.fast and args.device == "cuda"  # the product ignores fast on the CPU
     images = sum(r["images"] for r in runs)
     wall = sum(r["wall_seconds"] for r in runs)
-    child_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    child_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # KiB on Linux
     row = {
         **common_fields(args, hardware(args.device)),
         "kind": "pipeline",
-        "mode": "ours_fast" if args.fast else "ours",
-        "precision": "bf16-autocast" if args.fast and args.device == "cuda" else "fp32",
+        "mode": "ours_fast" if fast else "ours",
+        "precision": "bf16-autocast" if fast else "fp32",
         "image_set": f"shards {args.pipeline}",
         "n_images": runs[0]["images"],
         "rounds": args.rounds,
@@ -710,13 +726,14 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         if i == 0:
             print("  ".join("-" * w for w in widths))
     if rows[0].get("process_max_rss_mb") is not None:
-        print(f"process max RSS (ru_maxrss): {rows[0]['process_max_rss_mb']} MB")
+        who = "predict.py" if rows[0]["kind"] == "pipeline" else "process"
+        print(f"{who} max RSS (ru_maxrss): {rows[0]['process_max_rss_mb']} MB")
 
 
 MARKDOWN_HEADER = (
-    "| date | commit | hardware | device | model | images | settings | kind | mode "
-    "| s/image | speed-up | mean IoU | count Δ | max Δiou | max Δstab | RSS Δ MB | CUDA MB |\n"
-    "|---|---|---|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+    "| date | commit | hardware | device | model | images | settings | kind | mode | s/image "
+    "| images/s | speed-up | mean IoU | count Δ | max Δiou | max Δstab | RSS Δ MB | CUDA MB |\n"
+    "|---|---|---|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
 )
 
 
@@ -735,6 +752,7 @@ def markdown_rows(rows: list[dict[str, Any]]) -> str:
             row["kind"],
             row["mode"],
             _fmt(row.get("seconds_per_image"), ".3f"),
+            _fmt(row.get("images_per_second"), ".3f"),
             _fmt(row.get("speedup_vs_reference"), ".2f"),
             _fmt(row.get("mean_iou"), ".4f"),
             _fmt(row.get("count_mismatch"), ".4f"),

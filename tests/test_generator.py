@@ -117,3 +117,19 @@ def test_memory_bounds_do_not_change_masks(tiny_sam, random_image):
 def test_bad_images_are_refused_clearly(tiny_sam, image):
     with pytest.raises(ValueError, match="image must be"):
         AutomaticMaskGenerator(tiny_sam).generate(image)
+
+
+def test_embedding_cache_skips_the_encoder_and_changes_nothing(tiny_sam, random_image, tmp_path):
+    from amg_lightning.core.embedding_cache import EmbeddingCache
+
+    settings = {**LOOSE, "crop_n_layers": 1, "output_mode": "coco_rle"}
+    plain = AutomaticMaskGenerator(tiny_sam, **settings).generate(random_image)
+    cache = EmbeddingCache(tmp_path, max_bytes=2**30)
+    first = AutomaticMaskGenerator(tiny_sam, embedding_cache=cache, model_id="tiny", **settings)
+    assert first.generate(random_image) == plain
+    assert (cache.hits, cache.misses) == (0, 5)  # the whole image and four crops
+    stricter = {**settings, "stability_score_thresh": 0.5}
+    second = AutomaticMaskGenerator(tiny_sam, embedding_cache=cache, model_id="tiny", **stricter)
+    expected = AutomaticMaskGenerator(tiny_sam, **stricter).generate(random_image)
+    assert second.generate(random_image) == expected
+    assert cache.hits == 5

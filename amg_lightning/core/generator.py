@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from amg_lightning.core import rle
 from amg_lightning.core.boxes import box_nms, masks_to_boxes, near_crop_edge, xyxy_to_xywh
 from amg_lightning.core.decoder import ImageContext, PointDecoder, upscale_to_crop
+from amg_lightning.core.embedding_cache import EmbeddingCache
 from amg_lightning.core.grids import crop_boxes, layer_point_grids
 from amg_lightning.core.image import check_image, encoder_input, resized_shape
 from amg_lightning.core.regions import remove_small_regions
@@ -71,14 +72,24 @@ class AutomaticMaskGenerator:
 
     `fast=True` runs the encoder and decoder under bfloat16 autocast on CUDA (masks differ
     slightly from the reference; scripts/benchmark.py reports by how much). It has no effect
-    on the CPU.
+    on the CPU. With an `embedding_cache`, crop embeddings are looked up by `model_id`, image
+    and crop box before the encoder runs, so a threshold sweep encodes each crop once.
     """
 
-    def __init__(self, model: nn.Module, fast: bool = False, **settings: Any) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        fast: bool = False,
+        embedding_cache: EmbeddingCache | None = None,
+        model_id: str = "",
+        **settings: Any,
+    ) -> None:
         self.settings = AmgSettings(**settings)
         self.model = model
         self.decoder = PointDecoder(model)
         self.fast = fast
+        self.embedding_cache = embedding_cache
+        self.model_id = model_id
         s = self.settings
         self.point_grids = (
             list(s.point_grids)
@@ -131,12 +142,25 @@ class AutomaticMaskGenerator:
         """Image-encoder embeddings of every crop, `crops_per_batch` crops per forward pass."""
         step = self.settings.crops_per_batch
         for start in range(0, len(jobs), step):
-            crops = [
-                images[i][y0:y1, x0:x1] for i, (x0, y0, x1, y1), _ in jobs[start : start + step]
-            ]
-            with self._autocast():
-                embeddings = self.model.image_encoder(encoder_input(self.model, crops))
-            yield from embeddings.float().split(1)
+            chunk = jobs[start : start + step]
+            crops = [images[i][y0:y1, x0:x1] for i, (x0, y0, x1, y1), _ in chunk]
+            keys = [self._cache_key(images[i], box) for i, box, _ in chunk]
+            found = [self.embedding_cache.get(k) if k else None for k in keys]
+            missing = [j for j, embedding in enumerate(found) if embedding is None]
+            if missing:
+                with self._autocast():
+                    batch = encoder_input(self.model, [crops[j] for j in missing])
+                    fresh = self.model.image_encoder(batch).float()
+                for j, embedding in zip(missing, fresh.split(1), strict=True):
+                    found[j] = embedding
+                    if keys[j]:
+                        self.embedding_cache.put(keys[j], embedding)
+            yield from (embedding.to(self.device) for embedding in found)
+
+    def _cache_key(self, image: np.ndarray, crop_box: list[int]) -> str | None:
+        if self.embedding_cache is None:
+            return None
+        return self.embedding_cache.key(self.model_id, image, crop_box)
 
     def _crop_masks(
         self, embedding: Tensor, image_size: tuple[int, int], crop_box: list[int], layer: int
