@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -139,40 +138,26 @@ def test_compare_matches_reference_masks_to_ours(benchmark):
     assert benchmark.compare([], [])["count_mismatch"] == 0.0
 
 
-def test_pipeline_mode_runs_predict_and_reads_summary(benchmark, tmp_path, monkeypatch):
-    calls = []
+def test_pipeline_mode_runs_predict_and_reads_summary(benchmark, tmp_path):
+    import webdataset as wds
 
-    def fake_run(command, env):
-        calls.append(command)
-        output_dir = Path(next(a for a in command if a.startswith("output_dir=")).split("=", 1)[1])
-        output_dir.mkdir(parents=True)
-        summary = {"images": 4, "masks": 40, "errors": 0, "wall_seconds": 2.0}
-        summary["images_per_second"] = 2.0
-        (output_dir / "summary.json").write_text(json.dumps(summary))
-        return subprocess.CompletedProcess(command, 0, "", "")
-
-    monkeypatch.setattr(benchmark, "run_predict", fake_run)
+    rng = np.random.default_rng(0)
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    with wds.TarWriter(str(shards / "images-000000.tar")) as tar:
+        for i in range(3):
+            image = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+            tar.write({"__key__": f"img{i}", "png": cv2.imencode(".png", image)[1].tobytes()})
     out_json = tmp_path / "pipe.jsonl"
-    checkpoint = tmp_path / "w.pt"
-    argv = ["--pipeline", "shards/x-{0..1}.tar", "--model-type", "vit_t", "--device", "cpu"]
-    argv += ["--checkpoint", str(checkpoint), "--points-per-side", "8", "--rounds", "2"]
-    benchmark.main([*argv, "--json", str(out_json)])
+    argv = ["--pipeline", str(shards), "--model-type", "tiny", "--device", "cpu"]
+    argv += ["--points-per-side", "4", "--rounds", "1", "--json", str(out_json)]
+    benchmark.main(argv)
 
-    assert len(calls) == 2
-    command = calls[0]
-    assert command[:2] == [sys.executable, str(SCRIPT.parents[1] / "predict.py")]
-    for expected in (
-        "data.urls=shards/x-{0..1}.tar",
-        "model=vit_t",
-        f"model.checkpoint={checkpoint.resolve()}",
-        "trainer.accelerator=cpu",
-        "points_per_side=8",
-    ):
-        assert expected in command
     (row,) = [json.loads(line) for line in out_json.read_text().splitlines()]
     assert row["kind"] == "pipeline" and row["mode"] == "ours"
-    assert row["images_per_second"] == pytest.approx(2.0)
-    assert row["seconds_per_image"] == pytest.approx(0.5)
+    assert row["n_images"] == 3
+    assert row["images_per_second"] > 0
+    assert row["seconds_per_image"] == pytest.approx(1 / row["images_per_second"])
     assert row["n_images"] == 4 and row["wall_seconds"] == [2.0, 2.0]
 
 
