@@ -191,9 +191,17 @@ class PointDecoder(nn.Module):
 def upscale_to_crop(
     low_res: Tensor, encoder_size: int, input_size: tuple[int, int], crop_size: tuple[int, int]
 ) -> Tensor:
-    """SAM's postprocess_masks: to the padded encoder input, unpad, then to the crop's size."""
+    """SAM's postprocess_masks: to the padded encoder input, unpad, then to the crop's size.
+
+    Only the part of the padded input that survives the unpadding is computed: the low-res
+    logits are cut one pixel beyond what it needs, and upscaled by the same factor, which
+    maps coordinates exactly as the full-size call does.
+    """
+    factor = encoder_size // low_res.shape[-1]
+    rows = min(low_res.shape[-2], -(-input_size[0] // factor) + 1)
+    cols = min(low_res.shape[-1], -(-input_size[1] // factor) + 1)
     masks = F.interpolate(
-        low_res, (encoder_size, encoder_size), mode="bilinear", align_corners=False
+        low_res[..., :rows, :cols], scale_factor=factor, mode="bilinear", align_corners=False
     )
     masks = masks[..., : input_size[0], : input_size[1]]
     return F.interpolate(masks, crop_size, mode="bilinear", align_corners=False)

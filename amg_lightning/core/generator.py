@@ -251,7 +251,7 @@ class AutomaticMaskGenerator:
             if s.stability_score_thresh > 0
             else torch.ones_like(stability, dtype=torch.bool)
         )
-        masks = logits[keep] > threshold
+        masks = (logits > threshold)[keep]  # gather booleans, not four-byte logits
         offset = torch.tensor(crop_box[:2] * 2, device=masks.device)
         boxes = masks_to_boxes(masks) + offset
         inside = ~near_crop_edge(boxes, crop_box, [0, 0, image_size[1], image_size[0]])
