@@ -12,6 +12,7 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -34,6 +35,7 @@ def main(cfg: DictConfig) -> None:
     # batch indices: Lightning's warnings about both would only confuse.
     warnings.filterwarnings("ignore", message=".*transfer_batch_to_device.*")
     warnings.filterwarnings("ignore", message=".*infer the batch indices.*")
+    warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*")  # inside Lightning 2.6
     try:
         check_config(cfg)
         if _sweep_job_needs_own_process(cfg):
@@ -41,7 +43,8 @@ def main(cfg: DictConfig) -> None:
         else:
             predict(cfg)
     except (ConfigError, CheckpointError) as err:
-        log.error(f"error: {err}")
+        # One line, even where the cause (torch.load's, say) spans several.
+        log.error(f"error: {' '.join(str(err).split())}")
         sys.exit(2)
 
 
@@ -49,20 +52,28 @@ def predict(cfg: DictConfig) -> dict[str, Any] | None:
     """Runs the prediction; returns the summary on global rank 0 (None on other ranks)."""
     output_dir = Path(cfg.output_dir)
     checkpoint = resolve_checkpoint(cfg.model.model_type, cfg.model.checkpoint)
-    model = instantiate(
-        cfg.model,
-        checkpoint=str(checkpoint) if checkpoint else None,
-        settings=generator_settings(cfg),
-        fast=cfg.fast,
-        embedding_cache_dir=cfg.embedding_cache.dir,
-        embedding_cache_gb=cfg.embedding_cache.max_gb,
-    )
+    try:
+        model = instantiate(
+            cfg.model,
+            checkpoint=str(checkpoint) if checkpoint else None,
+            settings=generator_settings(cfg),
+            fast=cfg.fast,
+            embedding_cache_dir=cfg.embedding_cache.dir,
+            embedding_cache_gb=cfg.embedding_cache.max_gb,
+        )
+    except InstantiationException as err:
+        # Hydra wraps what the constructor raised; a bad checkpoint is the user's to fix.
+        if isinstance(err.__cause__, CheckpointError):
+            raise err.__cause__ from None
+        raise
     done = completed_keys(output_dir) if cfg.resume else set()
     if done:
         log.info(f"resuming: {len(done)} images already done in {output_dir}")
     datamodule = instantiate(cfg.data, skip_keys=done)
+    # Hydra's own node is there when the config comes from compose(return_hydra_config=True).
+    settings = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
     writer = RleShardWriter(
-        str(output_dir), shard_size=cfg.shard_size, config=OmegaConf.to_container(cfg, resolve=True)
+        str(output_dir), shard_size=cfg.shard_size, config=OmegaConf.to_container(settings, resolve=True)
     )
     trainer = instantiate(cfg.trainer, callbacks=[writer, ThroughputProgressBar()])
     trainer.predict(model, datamodule=datamodule, return_predictions=False)
@@ -107,5 +118,8 @@ def _run_in_own_process() -> None:
     hydra_cfg = HydraConfig.get()
     job_dir = hydra_cfg.runtime.output_dir
     command = [sys.executable, sys.argv[0], *hydra_cfg.overrides.task]
-    command += [f"hydra.run.dir={job_dir}", "hydra.output_subdir=null"]
-    subprocess.run(command, check=True, cwd=hydra.utils.get_original_cwd())
+    command += [f'hydra.run.dir="{job_dir}"', "hydra.output_subdir=null"]
+    finished = subprocess.run(command, cwd=hydra.utils.get_original_cwd())
+    if finished.returncode != 0:
+        # The job's own process has said what went wrong; end the same way, not with a traceback.
+        sys.exit(finished.returncode)

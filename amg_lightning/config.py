@@ -35,7 +35,13 @@ def check_config(cfg: DictConfig) -> None:
             "scripts/export.py turns them into PNG masks or a COCO json"
         )
     if cfg.model.model_type not in MODEL_TYPES:
-        raise ConfigError(f"model.model_type must be one of {', '.join(MODEL_TYPES)}")
+        raise ConfigError(
+            f"model.model_type must be one of {', '.join(MODEL_TYPES)}, "
+            f"got {cfg.model.model_type!r}"
+        )
+    checkpoint = cfg.model.get("checkpoint")
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise ConfigError(f"model.checkpoint {checkpoint} is not a file")
     _check_data(cfg.data)
     _check_output_dir(Path(cfg.output_dir), cfg.resume)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _output_dir_is_fixed():

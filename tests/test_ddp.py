@@ -1,0 +1,108 @@
+"""`predict.py` with two real DDP processes (gloo on the CPU), as a run and inside a multirun.
+
+Lightning starts rank 1 by running the command line again; these check that every image is
+segmented exactly once over both ranks, and that a multirun job restarts only itself.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import webdataset as wds
+from PIL import Image
+
+from amg_lightning.results import iter_results, shard_paths
+
+PREDICT = Path(__file__).resolve().parents[1] / "predict.py"
+DDP = ["model=tiny", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
+DDP += ["data.num_workers=1", "points_per_side=4"]
+TIMEOUT_S = 240
+
+
+def jpeg(seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    blobs = Image.fromarray(rng.integers(0, 255, size=(6, 8, 3), dtype=np.uint8))
+    data = io.BytesIO()
+    blobs.resize((48, 40), Image.BICUBIC).save(data, "JPEG")
+    return data.getvalue()
+
+
+def write_shards(folder: Path, sizes: list[int]) -> list[str]:
+    """Shards `in-000000.tar`, ... of `sizes` images each; returns every key."""
+    folder.mkdir()
+    keys = []
+    for number, size in enumerate(sizes):
+        with wds.TarWriter(str(folder / f"in-{number:06d}.tar")) as shard:
+            for _ in range(size):
+                keys.append(f"img{len(keys):03d}")
+                shard.write({"__key__": keys[-1], "jpg": jpeg(len(keys))})
+    return keys
+
+
+def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    env["OMP_NUM_THREADS"] = "1"  # two ranks on two cores
+    finished = subprocess.run(
+        [sys.executable, str(PREDICT), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    return finished
+
+
+def assert_complete(output_dir: Path, keys: list[str]) -> None:
+    """Every key once, written by both ranks, and a summary over both."""
+    counts = Counter(result["image"]["key"] for result in iter_results(output_dir))
+    assert counts == Counter(keys)
+    ranks = {path.name[: len("masks-r000")] for path in shard_paths(output_dir)}
+    assert ranks == {"masks-r000", "masks-r001"}
+    summary = json.loads((output_dir / "summary.json").read_text())
+    assert (summary["images"], summary["errors"]) == (len(keys), 0)
+    assert summary["config"]["trainer"]["devices"] == 2
+
+
+@pytest.mark.parametrize(
+    "sizes",
+    [
+        pytest.param([3, 2, 2], id="more-shards-than-readers"),
+        pytest.param([7], id="one-shard-for-two-readers"),
+    ],
+)
+def test_two_ranks_split_the_images(tmp_path: Path, sizes: list[int]) -> None:
+    keys = write_shards(tmp_path / "shards", sizes)
+    out = tmp_path / "out"
+    finished = run_cli([*DDP, f"data.urls={tmp_path / 'shards'}", f"output_dir={out}"], tmp_path)
+
+    assert_complete(out, keys)
+    assert f"done: {len(keys)} images" in finished.stdout
+
+
+def test_ddp_multirun_runs_each_job_once(tmp_path: Path) -> None:
+    keys = write_shards(tmp_path / "shards", [2, 3])
+    sweep = tmp_path / "sweep"
+    args = ["-m", *DDP, f"data.urls={tmp_path / 'shards'}", "pred_iou_thresh=0.5,0.6"]
+    finished = run_cli([*args, f"hydra.sweep.dir={sweep}"], tmp_path)
+
+    for job, threshold in (("0", 0.5), ("1", 0.6)):
+        assert_complete(sweep / job, keys)
+        summary = json.loads((sweep / job / "summary.json").read_text())
+        assert summary["config"]["pred_iou_thresh"] == threshold
+        assert summary["config"]["output_dir"] == str(sweep / job)
+    # The sweep ran once (rank 1 did not rerun it) and each job once; nothing else was written.
+    assert finished.stdout.count("Launching 2 jobs") == 1
+    assert finished.stdout.count("| job |") == 1
+    assert finished.stdout.count("done: 5 images") == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shards", "sweep"]
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
