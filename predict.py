@@ -1,6 +1,6 @@
 """Segment every image of a WebDataset with SAM's automatic mask generator.
 
-    python predict.py data.urls='shards/images-{000000..000009}.tar' model=vit_h trainer=gpu
+    python predict.py "data.urls='shards/images-{000000..000009}.tar'" model=vit_h trainer=gpu
 
 See conf/predict.yaml for every setting and README.md for multi-GPU, resuming and sweeps.
 """

@@ -71,10 +71,9 @@ def predict(cfg: DictConfig) -> dict[str, Any] | None:
         log.info(f"resuming: {len(done)} images already done in {output_dir}")
     datamodule = instantiate(cfg.data, skip_keys=done)
     # Hydra's own node is there when the config comes from compose(return_hydra_config=True).
-    settings = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
-    writer = RleShardWriter(
-        str(output_dir), shard_size=cfg.shard_size, config=OmegaConf.to_container(settings, resolve=True)
-    )
+    recorded = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
+    config = OmegaConf.to_container(recorded, resolve=True)
+    writer = RleShardWriter(str(output_dir), shard_size=cfg.shard_size, config=config)
     trainer = instantiate(cfg.trainer, callbacks=[writer, ThroughputProgressBar()])
     trainer.predict(model, datamodule=datamodule, return_predictions=False)
     if not trainer.is_global_zero:

@@ -1,4 +1,4 @@
-"""Mistakes in the inputs or settings, through `predict.py` itself: exit code 2, one line, no output.
+"""Mistakes in inputs or settings, through `predict.py` itself: exit 2, one line, no output.
 
 Each case is its own process, as a user would meet it; the config check comes before any model
 loads, so each costs about the time to import torch.

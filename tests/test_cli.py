@@ -6,7 +6,6 @@ Real tar shards of real image files, the tiny random SAM, a real Lightning Train
 from __future__ import annotations
 
 import importlib.util
-import io
 import json
 import os
 import subprocess

@@ -106,3 +106,28 @@ def test_ddp_multirun_runs_each_job_once(tmp_path: Path) -> None:
     assert finished.stdout.count("done: 5 images") == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shards", "sweep"]
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
+
+
+def test_ddp_multirun_job_that_fails_ends_with_its_message(tmp_path: Path) -> None:
+    """A job's own process fails (a checkpoint only loading can reject): the sweep stops there."""
+    write_shards(tmp_path / "shards", [1])
+    corrupt = tmp_path / "sam_vit_b.pth"
+    corrupt.write_bytes(b"not a checkpoint")
+    args = ["-m", *DDP, f"data.urls={tmp_path / 'shards'}", "pred_iou_thresh=0.5,0.6"]
+    args += ["model=vit_b", f"model.checkpoint={corrupt}", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    finished = subprocess.run(
+        [sys.executable, str(PREDICT), *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
+
+    output = finished.stdout + finished.stderr
+    assert finished.returncode == 2, output
+    assert "Traceback" not in output
+    assert output.count(f"error: checkpoint {corrupt} is not a readable PyTorch file") == 1
+    assert not (tmp_path / "sweep" / "1").exists()
+    assert not list((tmp_path / "sweep" / "0").glob("masks-*"))
