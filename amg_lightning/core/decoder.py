@@ -25,13 +25,15 @@ from torch.nn import functional as F
 
 @dataclass
 class ImageContext:
-    """Per-image tensors shared by all prompts (N image tokens, C channels)."""
+    """Per-image tensors shared by all prompts (N image tokens, C channels, C' = C/2)."""
 
     keys: Tensor  # 1 x N x C: image embedding plus the "no mask" dense embedding
-    pos: Tensor  # 1 x N x C: the image positional encoding
     first_t2i_k: Tensor  # N x C': block 1 token-to-image keys, projected once
     first_t2i_v: Tensor  # N x C': block 1 token-to-image values, projected once
     first_i2t_q: Tensor  # N x C': block 1 image-to-token queries, projected once
+    # The positional encoding's share of each later attention, projected once (no bias):
+    t2i_pos_k: list[Tensor]  # per block, then the final attention: N x C'
+    i2t_pos_q: list[Tensor]  # per block: N x C'
     grid: tuple[int, int]  # h, w of the embedding
 
 
@@ -55,6 +57,18 @@ def _merge(x: Tensor) -> Tensor:
     return x.flatten(1, 2)
 
 
+def _per_head_scores(xh: Tensor, projected: Tensor) -> Tensor:
+    """Each head's B x T x d rows against its slice of the N x (heads*d) `projected`.
+
+    Heads lead the product so the shared `projected` is never broadcast over the batch.
+    Returns B x heads*T x N.
+    """
+    b, heads, t, d = xh.shape
+    per_head = projected.reshape(-1, heads, d).permute(1, 2, 0)  # H x d x N
+    out = torch.bmm(xh.transpose(0, 1).reshape(heads, b * t, d), per_head)  # H x BT x N
+    return out.reshape(heads, b, t, -1).transpose(0, 1).reshape(b, heads * t, -1)
+
+
 class PointDecoder(nn.Module):
     """Decodes batches of single foreground points against one image embedding."""
 
@@ -71,14 +85,18 @@ class PointDecoder(nn.Module):
         pe = self.prompt_encoder.get_dense_pe()
         no_mask = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
         keys = (image_embedding + no_mask).flatten(2).transpose(1, 2)
-        pos = pe.flatten(2).transpose(1, 2).to(keys.dtype)
-        first = self.transformer.layers[0]
+        pos = pe.flatten(2).transpose(1, 2).to(keys.dtype)[0]
+        layers = self.transformer.layers
+        t2i = [layer.cross_attn_token_to_image for layer in layers]
+        t2i.append(self.transformer.final_attn_token_to_image)
+        first = layers[0]
         return ImageContext(
             keys=keys,
-            pos=pos,
             first_t2i_k=first.cross_attn_token_to_image.k_proj(keys + pos)[0],
             first_t2i_v=first.cross_attn_token_to_image.v_proj(keys)[0],
             first_i2t_q=first.cross_attn_image_to_token.q_proj(keys + pos)[0],
+            t2i_pos_k=[pos @ attn.k_proj.weight.T for attn in t2i],
+            i2t_pos_q=[pos @ layer.cross_attn_image_to_token.q_proj.weight.T for layer in layers],
             grid=tuple(image_embedding.shape[-2:]),
         )
 
@@ -91,14 +109,13 @@ class PointDecoder(nn.Module):
         output_tokens = output_tokens.unsqueeze(0).expand(sparse.shape[0], -1, -1)
         return torch.cat([output_tokens, sparse], dim=1)
 
-    def _token_to_image(self, attn: nn.Module, q: Tensor, keys: Tensor, pos: Tensor) -> Tensor:
+    def _token_to_image(self, attn: nn.Module, q: Tensor, keys: Tensor, pos_k: Tensor) -> Tensor:
         """Tokens attend to per-prompt image tokens without projecting the image tokens."""
         heads, d = self.num_heads, attn.internal_dim // self.num_heads
         qh = _heads(attn.q_proj(q), heads) / math.sqrt(d)  # B x H x T x d
         wk = attn.k_proj.weight.reshape(heads, d, -1)  # H x d x C
-        a = _merge(qh @ wk)  # B x HT x C
-        # (keys + pos) @ a^T without materialising keys + pos, which is B x N x C.
-        scores = torch.baddbmm(a @ pos.transpose(0, 1), a, keys.transpose(1, 2))  # B x HT x N
+        # (keys + pos) Wk^T q^T, with the shared pos Wk^T projected once per image.
+        scores = _per_head_scores(qh, pos_k).baddbmm_(_merge(qh @ wk), keys.transpose(1, 2))
         mixed = (torch.softmax(scores, dim=-1) @ keys).unflatten(1, (heads, -1))  # B x H x T x C
         wv = attn.v_proj.weight.reshape(heads, d, -1)
         out = mixed @ wv.transpose(1, 2) + attn.v_proj.bias.reshape(heads, 1, d)
@@ -115,32 +132,34 @@ class PointDecoder(nn.Module):
         return attn.out_proj(out.transpose(1, 2).flatten(2))
 
     def _image_to_token(
-        self, attn: nn.Module, ctx: ImageContext, keys: Tensor, tokens: Tensor, queries: Tensor
+        self, i: int, ctx: ImageContext, keys: Tensor, tokens: Tensor, queries: Tensor
     ) -> Tensor:
-        """Image tokens attend to the prompt tokens; returns the updated keys, before norm4.
+        """Block `i`'s image tokens attend to the prompt tokens; returns keys before norm4.
 
         In block 1 (`keys` is the shared 1 x N x C) the projected image query is shared;
         later the query projection moves onto the tokens. The output projection always moves
         onto the tokens, and the residual add happens inside the last matrix product.
         """
+        attn = self.transformer.layers[i].cross_attn_image_to_token
         heads, d = self.num_heads, attn.internal_dim // self.num_heads
         kh = _heads(attn.k_proj(queries + tokens), heads) / math.sqrt(d)  # B x H x T x d
-        if keys.shape[0] == 1:
-            q_image = ctx.first_i2t_q.reshape(-1, heads, d).permute(1, 2, 0)  # H x d x N
-            scores = kh @ q_image  # B x H x T x N
+        if i == 0:
+            scores = _per_head_scores(kh, ctx.first_i2t_q)  # B x HT x N
         else:
             wq = attn.q_proj.weight.reshape(heads, d, -1)  # H x d x C
-            g = _merge(kh @ wq)  # B x HT x C
             bias = _merge(kh @ attn.q_proj.bias.reshape(heads, d, 1))  # B x HT x 1
-            pos_scores = g @ ctx.pos[0].transpose(0, 1) + bias
-            scores = torch.baddbmm(pos_scores, g, keys.transpose(1, 2)).unflatten(1, (heads, -1))
+            scores = _per_head_scores(kh, ctx.i2t_pos_q[i]).add_(bias)
+            scores.baddbmm_(_merge(kh @ wq), keys.transpose(1, 2))
         # Softmax over the T prompt tokens, laid out along dim 2 so the kernel runs over N.
-        probs = torch.softmax(scores, dim=2).flatten(1, 2)  # B x HT x N
+        b, t = kh.shape[0], kh.shape[2]
+        probs = torch.softmax(scores.view(b, heads, t, -1), dim=2).view(b, heads * t, -1)
         vh = _heads(attn.v_proj(queries), heads)  # B x H x T x d
         wo = attn.out_proj.weight.reshape(-1, heads, d).transpose(0, 1)  # H x C x d
         # Each head's probabilities sum to one, so the output bias is spread over the heads.
         u = _merge(vh @ wo.transpose(1, 2) + attn.out_proj.bias / heads)  # B x HT x C
-        return torch.baddbmm(keys, probs.transpose(1, 2), u)
+        if i == 0:
+            return torch.baddbmm(keys, probs.transpose(1, 2), u)
+        return keys.baddbmm_(probs.transpose(1, 2), u)  # keys are this batch's own
 
     @torch.no_grad()
     def decode_tokens(self, ctx: ImageContext, points: Tensor) -> DecodedTokens:
@@ -158,14 +177,13 @@ class PointDecoder(nn.Module):
                 update = self._first_token_to_image(layer, ctx, queries + tokens)
             else:
                 attn = layer.cross_attn_token_to_image
-                update = self._token_to_image(attn, queries + tokens, keys, ctx.pos[0])
+                update = self._token_to_image(attn, queries + tokens, keys, ctx.t2i_pos_k[i])
             queries = layer.norm2(queries + update)
             queries = layer.norm3(queries + layer.mlp(queries))
-            attn = layer.cross_attn_image_to_token
-            keys = layer.norm4(self._image_to_token(attn, ctx, keys, tokens, queries))
+            keys = layer.norm4(self._image_to_token(i, ctx, keys, tokens, queries))
 
         attn = self.transformer.final_attn_token_to_image
-        queries = queries + self._token_to_image(attn, queries + tokens, keys, ctx.pos[0])
+        queries = queries + self._token_to_image(attn, queries + tokens, keys, ctx.t2i_pos_k[-1])
         queries = self.transformer.norm_final_attn(queries)
 
         iou_preds = self.mask_decoder.iou_prediction_head(queries[:, 0, :])
