@@ -17,6 +17,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from amg_lightning.allocator import keep_freed_memory
 from amg_lightning.checkpoints import resolve_checkpoint
 from amg_lightning.config import ConfigError, check_config, generator_settings
 from amg_lightning.core.models import CheckpointError
@@ -50,6 +51,8 @@ def main(cfg: DictConfig) -> None:
 
 def predict(cfg: DictConfig) -> dict[str, Any] | None:
     """Runs the prediction; returns the summary on global rank 0 (None on other ranks)."""
+    if cfg.keep_freed_memory:
+        keep_freed_memory()
     output_dir = Path(cfg.output_dir)
     checkpoint = resolve_checkpoint(cfg.model.model_type, cfg.model.checkpoint)
     try:

@@ -112,6 +112,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     model.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     model.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="glibc keeps freed memory (as predict.py does by default); applies to both "
+        "implementations, since they share the process",
+    )
+    model.add_argument(
         "--fast",
         action="store_true",
         help="also time our fast mode (bfloat16 autocast; CUDA only)",
@@ -610,6 +616,7 @@ def common_fields(args: argparse.Namespace, hw: dict[str, Any]) -> dict[str, Any
         "checkpoint": str(args.checkpoint) if args.checkpoint else None,
         "device": args.device,
         "settings": generator_settings(args),
+        "keep_freed_memory": bool(args.keep_freed_memory),
         "hardware": hw,
     }
 
@@ -630,6 +637,7 @@ def pipeline_command(args: argparse.Namespace, output_dir: Path) -> list[str]:
     if args.checkpoint:
         command.append(f"model.checkpoint={args.checkpoint.resolve()}")
     command += [f"{name}={value}" for name, value in generator_settings(args).items()]
+    command.append(f"keep_freed_memory={str(args.keep_freed_memory).lower()}")
     if args.fast:
         command.append("fast=true")
     return command
@@ -795,6 +803,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.keep_freed_memory and not args.pipeline:  # predict.py applies it itself
+        from amg_lightning.allocator import keep_freed_memory
+
+        print(f"keep_freed_memory: {keep_freed_memory()}", flush=True)
     rows = pipeline(args) if args.pipeline else benchmark(args)
     print_table(rows)
     write_outputs(rows, args)

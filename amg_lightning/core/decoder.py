@@ -182,12 +182,16 @@ class PointDecoder(nn.Module):
             queries = layer.norm3(queries + layer.mlp(queries))
             keys = layer.norm4(self._image_to_token(i, ctx, keys, tokens, queries))
 
+        # Only the IoU token and the three multimask tokens are read after the final attention,
+        # in which each token attends on its own: the other three are not computed.
+        used = [0, 2, 3, 4]
+        queries, tokens = queries[:, used], tokens[:, used]
         attn = self.transformer.final_attn_token_to_image
         queries = queries + self._token_to_image(attn, queries + tokens, keys, ctx.t2i_pos_k[-1])
         queries = self.transformer.norm_final_attn(queries)
 
         iou_preds = self.mask_decoder.iou_prediction_head(queries[:, 0, :])
-        return DecodedTokens(keys=keys, mask_tokens=queries[:, 2:5, :], iou_preds=iou_preds[:, 1:])
+        return DecodedTokens(keys=keys, mask_tokens=queries[:, 1:4, :], iou_preds=iou_preds[:, 1:])
 
     @torch.no_grad()
     def upscale(self, ctx: ImageContext, keys: Tensor, mask_tokens: Tensor) -> Tensor:

@@ -208,8 +208,11 @@ class AutomaticMaskGenerator:
         if len(prompts) == 0:
             return
         # Only prompts with a mask that passed are upscaled; the rest would be dropped anyway.
+        keys, mask_tokens = tokens.keys, tokens.mask_tokens
+        if len(prompts) < len(passed):  # a gather copies B x N x C: skip it when all passed
+            keys, mask_tokens = keys[prompts], mask_tokens[prompts]
         with self._autocast():
-            low_res = self.decoder.upscale(ctx, tokens.keys[prompts], tokens.mask_tokens[prompts])
+            low_res = self.decoder.upscale(ctx, keys, mask_tokens)
         kept = passed[prompts]
         low_res = low_res.float()[kept]
         mask_points = torch.as_tensor(points, device=self.device)[prompts].repeat_interleave(
