@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from amg_lightning.allocator import keep_freed_memory
 from amg_lightning.checkpoints import resolve_checkpoint
 from amg_lightning.config import ConfigError, check_config, generator_settings
+from amg_lightning.core.embedding_cache import EmbeddingCache
 from amg_lightning.core.models import CheckpointError
 from amg_lightning.logging_utils import get_logger
 from amg_lightning.progress import ThroughputProgressBar
@@ -81,18 +82,22 @@ def predict(cfg: DictConfig) -> dict[str, Any] | None:
     trainer.predict(model, datamodule=datamodule, return_predictions=False)
     if not trainer.is_global_zero:
         return None
-    return _finish_summary(cfg, output_dir)
+    return _finish_summary(cfg, output_dir, model.generator.embedding_cache)
 
 
-def _finish_summary(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
-    """Adds evaluation scores when ground truth is given, and logs the one-line summary."""
+def _finish_summary(
+    cfg: DictConfig, output_dir: Path, cache: EmbeddingCache | None
+) -> dict[str, Any]:
+    """Adds encoder time saved and evaluation scores, and logs the one-line summary."""
     summary_path = output_dir / "summary.json"
     summary = json.loads(summary_path.read_text())
+    if cache is not None:  # rank 0's own lookups: the sweep report's time saved
+        summary["encoder_seconds_saved"] = round(cache.seconds_saved, 3)
     if cfg.eval.gt:
         from amg_lightning.evaluation import evaluate_output_dir
 
         summary["eval"] = evaluate_output_dir(output_dir, cfg.eval.gt)
-        summary_path.write_text(json.dumps(summary, indent=2))
+    summary_path.write_text(json.dumps(summary, indent=2))
     scores = "".join(
         f", {k} {v:.3f}" for k, v in summary.get("eval", {}).items() if k in ("AR@100", "AP")
     )

@@ -22,7 +22,11 @@ SUFFIX = ".pt"
 
 
 class EmbeddingCache:
-    """Embeddings keyed by model, image content and crop box; `hits`/`misses` count lookups."""
+    """Embeddings keyed by model, image content and crop box.
+
+    `hits`/`misses` count lookups; `seconds_saved` adds up the encoder time each hit spared,
+    as measured when the embedding was stored.
+    """
 
     def __init__(self, directory: str | Path, max_bytes: int) -> None:
         self.directory = Path(directory)
@@ -30,6 +34,7 @@ class EmbeddingCache:
         self.max_bytes = max_bytes
         self.hits = 0
         self.misses = 0
+        self.seconds_saved = 0.0
 
     @staticmethod
     def key(model_id: str, image: np.ndarray, crop_box: list[int]) -> str:
@@ -45,21 +50,22 @@ class EmbeddingCache:
 
     def get(self, key: str) -> torch.Tensor | None:
         """The cached tensor (on the CPU), or None; an unreadable entry is removed and misses."""
-        tensor = _load(self._path(key))
-        if tensor is None:
+        entry = _load(self._path(key))
+        if entry is None:
             self.misses += 1
-        else:
-            self.hits += 1
-        return tensor
+            return None
+        self.hits += 1
+        self.seconds_saved += entry["seconds"]
+        return entry["embedding"]
 
-    def put(self, key: str, tensor: torch.Tensor) -> None:
-        """Store `tensor`, then evict the least recently used entries beyond `max_bytes`."""
+    def put(self, key: str, tensor: torch.Tensor, seconds: float = 0.0) -> None:
+        """Store `tensor` (which took `seconds` to compute), then evict beyond `max_bytes`."""
         # clone: saving a view would save the whole storage behind it.
-        tensor = tensor.detach().to("cpu").clone()
+        entry = {"embedding": tensor.detach().to("cpu").clone(), "seconds": float(seconds)}
         handle, temporary = tempfile.mkstemp(dir=self.directory, prefix=".tmp-", suffix=SUFFIX)
         try:
             with os.fdopen(handle, "wb") as file:
-                torch.save(tensor, file)
+                torch.save(entry, file)
             os.replace(temporary, self._path(key))
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
@@ -93,16 +99,17 @@ def _touch(path: Path) -> None:
         os.utime(path, ns=(now, now))
 
 
-def _load(path: Path) -> torch.Tensor | None:
-    """The tensor saved at `path`; None when there is none, removing the file if it is not one."""
+def _load(path: Path) -> dict | None:
+    """The entry saved at `path`; None when there is none, removing the file if it is not one."""
     try:
-        tensor = torch.load(path, map_location="cpu", weights_only=True)
+        entry = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         return None
     except Exception:  # whatever torch.load raises on a truncated or foreign file
-        tensor = None
-    if not isinstance(tensor, torch.Tensor):
+        entry = None
+    valid = isinstance(entry, dict) and isinstance(entry.get("embedding"), torch.Tensor)
+    if not valid or not isinstance(entry.get("seconds"), float):
         path.unlink(missing_ok=True)
         return None
     _touch(path)
-    return tensor
+    return entry

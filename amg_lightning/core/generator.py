@@ -9,6 +9,7 @@ crops, then optionally fill small holes and remove small islands, and NMS again.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -148,13 +149,15 @@ class AutomaticMaskGenerator:
             found = [self.embedding_cache.get(k) if k else None for k in keys]
             missing = [j for j, embedding in enumerate(found) if embedding is None]
             if missing:
+                started = time.perf_counter()
                 with self._autocast():
                     batch = encoder_input(self.model, [crops[j] for j in missing])
                     fresh = self.model.image_encoder(batch).float()
+                seconds = (time.perf_counter() - started) / len(missing)
                 for j, embedding in zip(missing, fresh.split(1), strict=True):
                     found[j] = embedding
                     if keys[j]:
-                        self.embedding_cache.put(keys[j], embedding)
+                        self.embedding_cache.put(keys[j], embedding, seconds)
             yield from (embedding.to(self.device) for embedding in found)
 
     def _cache_key(self, image: np.ndarray, crop_box: list[int]) -> str | None:
