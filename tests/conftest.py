@@ -7,6 +7,8 @@ AMG_TEST_CHECKPOINT (MobileSAM's mobile_sam.pt) and AMG_TEST_IMAGES (a folder of
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -17,6 +19,24 @@ import torch
 from amg_lightning.core.models import build_sam
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+PREDICT = Path(__file__).resolve().parents[1] / "predict.py"
+
+
+def run_predict(
+    args: list[str], cwd: Path, timeout: float, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """`python predict.py ARGS` from `cwd`, as a user runs it (without HYDRA_FULL_ERROR)."""
+    environment = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    environment.update(env or {})
+    return subprocess.run(
+        [sys.executable, str(PREDICT), *args],
+        cwd=cwd,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="session")

@@ -7,16 +7,14 @@ loads, so each costs about the time to import torch.
 from __future__ import annotations
 
 import io
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import webdataset as wds
 from PIL import Image
 
-PREDICT = Path(__file__).resolve().parents[1] / "predict.py"
+from tests.conftest import run_predict
+
 TIMEOUT_S = 120
 
 
@@ -36,15 +34,7 @@ def assert_fails_with_one_line(
 ) -> None:
     """Run `predict.py ARGS`: exit 2, one error line holding `message`, no traceback, no output."""
     output_dir = output_dir or tmp_path / "out"
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    finished = subprocess.run(
-        [sys.executable, str(PREDICT), "model=tiny", f"output_dir={output_dir}", *args],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-    )
+    finished = run_predict(["model=tiny", f"output_dir={output_dir}", *args], tmp_path, TIMEOUT_S)
     output = finished.stdout + finished.stderr
     assert finished.returncode == 2, output
     assert "Traceback" not in output

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 from types import ModuleType
@@ -25,9 +23,9 @@ from PIL import Image
 from amg_lightning.cli import CONFIG_DIR, predict
 from amg_lightning.config import ConfigError, check_config
 from amg_lightning.results import iter_results, shard_paths
+from tests.conftest import run_predict
 
 REPO = Path(__file__).resolve().parents[1]
-PREDICT = REPO / "predict.py"
 # Small images, a 4x4 point grid and no quality filter: a run takes a second, and finds masks.
 FAST = ["model=tiny", "points_per_side=4", "pred_iou_thresh=0.0", "stability_score_thresh=0.0"]
 TIMEOUT_S = 120
@@ -98,16 +96,7 @@ def key_counts(output_dir: Path) -> Counter:
 
 
 def run_cli(args: list[str], cwd: Path, timeout: float = TIMEOUT_S) -> subprocess.CompletedProcess:
-    """`python predict.py ARGS` from `cwd`, with an absolute path to the script."""
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    return subprocess.run(
-        [sys.executable, str(PREDICT), *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_predict(args, cwd, timeout)
 
 
 def test_mixed_inputs_counts_keys_and_errors(mixed_shards: Path, tmp_path: Path) -> None:

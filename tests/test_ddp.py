@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -20,8 +18,8 @@ import webdataset as wds
 from PIL import Image
 
 from amg_lightning.results import iter_results, shard_paths
+from tests.conftest import run_predict
 
-PREDICT = Path(__file__).resolve().parents[1] / "predict.py"
 DDP = ["model=tiny", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
 DDP += ["data.num_workers=1", "points_per_side=4"]
 TIMEOUT_S = 240
@@ -48,16 +46,7 @@ def write_shards(folder: Path, sizes: list[int]) -> list[str]:
 
 
 def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    env["OMP_NUM_THREADS"] = "1"  # two ranks on two cores
-    finished = subprocess.run(
-        [sys.executable, str(PREDICT), *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-    )
+    finished = run_predict(args, cwd, TIMEOUT_S, env={"OMP_NUM_THREADS": "1"})  # 2 ranks, 2 cores
     assert finished.returncode == 0, finished.stdout + finished.stderr
     return finished
 
@@ -115,15 +104,7 @@ def test_ddp_multirun_job_that_fails_ends_with_its_message(tmp_path: Path) -> No
     corrupt.write_bytes(b"not a checkpoint")
     args = ["-m", *DDP, f"data.urls={tmp_path / 'shards'}", "pred_iou_thresh=0.5,0.6"]
     args += ["model=vit_b", f"model.checkpoint={corrupt}", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    finished = subprocess.run(
-        [sys.executable, str(PREDICT), *args],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-    )
+    finished = run_predict(args, tmp_path, TIMEOUT_S)
 
     output = finished.stdout + finished.stderr
     assert finished.returncode == 2, output
