@@ -8,7 +8,7 @@ import torch
 from segment_anything.utils import amg as ref
 
 from amg_lightning.core import rle
-from amg_lightning.core.boxes import box_nms, masks_to_boxes, near_crop_edge, xyxy_to_xywh
+from amg_lightning.core.boxes import box_nms, near_crop_edge, xyxy_to_xywh
 from amg_lightning.core.decoder import PointDecoder, upscale_to_crop
 from amg_lightning.core.generator import stability_score
 from amg_lightning.core.grids import crop_boxes, layer_point_grids, point_grid
@@ -45,11 +45,15 @@ def test_crop_boxes_match_reference(size, layers):
     assert crop_boxes(size, layers, 512 / 1500) == ref.generate_crop_boxes(size, layers, 512 / 1500)
 
 
-def test_masks_to_boxes_match_reference():
-    masks = random_masks(12, 40, 56)
-    expected = ref.batched_mask_to_box(masks)
-    assert torch.equal(masks_to_boxes(masks), expected)
-    assert masks_to_boxes(masks)[0].tolist() == [0, 0, 0, 0]
+@pytest.mark.parametrize("crop_box", [[0, 0, 56, 40], [10, 0, 40, 40], [7, 9, 31, 33]])
+def test_boxes_of_cropped_masks_match_reference(crop_box):
+    x0, y0, x1, y1 = crop_box
+    masks = random_masks(12, y1 - y0, x1 - x0)
+    masks[3, :, 2] = masks[4, 0, :] = masks[5, -1, :] = True  # a full column, first, last row
+    expected = ref.uncrop_boxes_xyxy(ref.batched_mask_to_box(masks), crop_box)
+    boxes = rle.encode_in_image(masks, crop_box, (40, 56)).boxes
+    assert boxes.tolist() == expected.tolist()
+    assert boxes[0].tolist() == [x0, y0, x0, y0]  # empty, as the reference has it
 
 
 def test_near_crop_edge_matches_reference():
@@ -89,7 +93,7 @@ def test_rle_of_cropped_masks_matches_reference_on_uncropped(crop_box):
     x0, y0, x1, y1 = crop_box
     masks = random_masks(8, y1 - y0, x1 - x0, seed=x0 + y0)
     expected = ref.mask_to_rle_pytorch(ref.uncrop_masks(masks, crop_box, height, width))
-    ours = rle.encode_in_image(masks, crop_box, (height, width))
+    ours = rle.encode_in_image(masks, crop_box, (height, width)).counts
     assert [c.tolist() for c in ours] == [e["counts"] for e in expected]
 
 
@@ -98,7 +102,7 @@ def test_rle_round_trip_and_coco_form():
 
     masks = random_masks(5, 33, 47, seed=3)
     for mask, counts in zip(
-        masks, rle.encode_in_image(masks, [0, 0, 47, 33], (33, 47)), strict=True
+        masks, rle.encode_in_image(masks, [0, 0, 47, 33], (33, 47)).counts, strict=True
     ):
         np.testing.assert_array_equal(rle.decode(counts, (33, 47)), mask.numpy())
         assert rle.area(counts) == int(mask.sum())
@@ -120,7 +124,7 @@ def mask_with_regions() -> np.ndarray:
 @pytest.mark.parametrize("min_area", [5, 10, 400, 100000])
 def test_remove_small_regions_matches_reference(min_area):
     mask = mask_with_regions()
-    box = masks_to_boxes(torch.from_numpy(mask)[None])[0].tolist()
+    box = rle.encode_mask(mask).boxes[0].tolist()
     filled, holes_changed = ref.remove_small_regions(mask, min_area, "holes")
     expected, islands_changed = ref.remove_small_regions(filled, min_area, "islands")
     ours, changed = remove_small_regions(mask, box, min_area)
@@ -133,7 +137,7 @@ def test_remove_small_regions_keeps_background_that_only_looks_enclosed_in_the_b
     mask = np.zeros((50, 50), dtype=bool)
     mask[10:30, 10:30] = True
     mask[15:25, 20:30] = False  # pocket opening onto the box's right edge
-    box = masks_to_boxes(torch.from_numpy(mask)[None])[0].tolist()
+    box = rle.encode_mask(mask).boxes[0].tolist()
     filled, _ = ref.remove_small_regions(mask, 200, "holes")
     ours, _ = remove_small_regions(mask, box, 200)
     np.testing.assert_array_equal(ours, filled)

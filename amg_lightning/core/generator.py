@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from amg_lightning.core import rle
-from amg_lightning.core.boxes import box_nms, masks_to_boxes, near_crop_edge, xyxy_to_xywh
+from amg_lightning.core.boxes import box_nms, near_crop_edge, xyxy_to_xywh
 from amg_lightning.core.decoder import ImageContext, PointDecoder, upscale_to_crop
 from amg_lightning.core.embedding_cache import EmbeddingCache
 from amg_lightning.core.grids import crop_boxes, layer_point_grids
@@ -257,21 +257,18 @@ class AutomaticMaskGenerator:
             if s.stability_score_thresh > 0
             else torch.ones_like(stability, dtype=torch.bool)
         )
-        masks = (logits > threshold)[keep]  # gather booleans, not four-byte logits
-        offset = torch.tensor(crop_box[:2] * 2, device=masks.device)
-        boxes = masks_to_boxes(masks) + offset
+        encoded = rle.encode_in_image((logits > threshold)[keep], crop_box, image_size)
+        boxes = torch.from_numpy(encoded.boxes)
         inside = ~near_crop_edge(boxes, crop_box, [0, 0, image_size[1], image_size[0]])
-        masks = masks[inside]
-        if len(masks) == 0:
+        if not inside.any():
             return
-        crop_box_tensor = torch.tensor([crop_box], device=masks.device).expand(len(masks), 4)
         out.add(
-            rle.encode_in_image(masks, crop_box, image_size),
+            [counts for counts, kept in zip(encoded.counts, inside.tolist(), strict=True) if kept],
             boxes=boxes[inside],
-            iou_preds=iou_preds[keep][inside],
-            stability=stability[keep][inside],
-            points=points[keep][inside] + offset[:2],
-            crop_boxes=crop_box_tensor,
+            iou_preds=iou_preds[keep].cpu()[inside],
+            stability=stability[keep].cpu()[inside],
+            points=points[keep].cpu()[inside] + torch.tensor(crop_box[:2]),
+            crop_boxes=torch.tensor([crop_box]).expand(int(inside.sum()), 4),
         )
 
     def _finish(self, masks: MaskSet, image_size: tuple[int, int]) -> list[dict[str, Any]]:
@@ -300,8 +297,9 @@ class AutomaticMaskGenerator:
                 self.settings.min_mask_region_area,
             )
             if changed:
-                changed_rles[i] = rle.encode_mask(mask)
-                boxes[i] = masks_to_boxes(torch.from_numpy(mask)[None])[0]
+                encoded = rle.encode_mask(mask)
+                changed_rles[i] = encoded.counts[0]
+                boxes[i] = torch.from_numpy(encoded.boxes[0])
         unchanged = torch.tensor([float(i not in changed_rles) for i in range(len(masks))])
         keep = box_nms(boxes, unchanged, nms_thresh)
         masks.rles = [changed_rles.get(i, counts) for i, counts in enumerate(masks.rles)]

@@ -6,6 +6,7 @@ with a foreground pixel starts with a zero-length run), for an image of known si
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -15,25 +16,56 @@ from torch import Tensor
 from torch.nn import functional as F
 
 
-def encode_in_image(
-    masks: Tensor, crop_box: list[int], image_size: tuple[int, int]
-) -> list[np.ndarray]:
-    """RLEs in the full image of B x h x w masks cut out at `crop_box` (zeros elsewhere).
+@dataclass
+class Encoded:
+    """RLEs of B masks in the full image, and their XYXY boxes (inclusive, image frame)."""
 
-    All masks are encoded at once on their device; only the change positions are copied back.
+    counts: list[np.ndarray]
+    boxes: np.ndarray  # B x 4, int64; an empty mask's box is its crop's top-left corner
+
+
+def encode_in_image(masks: Tensor, crop_box: list[int], image_size: tuple[int, int]) -> Encoded:
+    """RLEs and boxes in the full image of B x h x w masks cut out at `crop_box`.
+
+    Both come from the masks' vertical changes, found at once on their device, without a
+    transposed copy; only the change positions are copied back.
     """
     height, width = image_size
     x0, y0 = crop_box[0], crop_box[1]
-    columns = masks.transpose(1, 2)  # B x w x h: column-major, as COCO counts
-    if masks.shape[1] == height:
-        # Columns follow each other directly in the image, so the crop is one long column.
-        columns = columns.reshape(masks.shape[0], 1, -1)
-    padded = F.pad(columns, (1, 1))  # a zero before and after each column
-    changes = (padded[..., 1:] != padded[..., :-1]).nonzero().cpu().numpy()
-    mask_index, column, row = changes[:, 0], changes[:, 1], changes[:, 2]
+    padded = F.pad(masks, (0, 0, 1, 1))  # a background row above and below each column
+    changes = (padded[:, 1:] != padded[:, :-1]).nonzero().cpu().numpy()
+    # Column-major order within each mask, as COCO counts: then each column's changes
+    # alternate start, end, so even entries start runs and odd entries end them.
+    mask_index, row, column = changes[np.lexsort((changes[:, 1], changes[:, 2], changes[:, 0]))].T
+    boxes = _boxes(len(masks), mask_index[0::2], column[0::2], row[0::2], row[1::2] - 1)
     positions = (x0 + column) * height + y0 + row
+    # A run that reaches a column's last image row and goes on at the next column's first
+    # ends and starts at the same position: drop both, it is one run.
+    joined = np.flatnonzero((positions[1:] == positions[:-1]) & (mask_index[1:] == mask_index[:-1]))
+    keep = np.ones(len(positions), dtype=bool)
+    keep[joined] = keep[joined + 1] = False
+    mask_index, positions = mask_index[keep], positions[keep]
     per_mask = np.split(positions, np.cumsum(np.bincount(mask_index, minlength=len(masks)))[:-1])
-    return [_counts_from_changes(p, height * width) for p in per_mask]
+    counts = [_counts_from_changes(p, height * width) for p in per_mask]
+    return Encoded(counts=counts, boxes=boxes + np.array([x0, y0, x0, y0]))
+
+
+def _boxes(
+    count: int, mask_index: np.ndarray, column: np.ndarray, first: np.ndarray, last: np.ndarray
+) -> np.ndarray:
+    """XYXY boxes (crop frame) from each run's mask, column, first and last row."""
+    boxes = np.zeros((count, 4), dtype=np.int64)
+    if len(mask_index) == 0:
+        return boxes
+    present, group_starts = np.unique(mask_index, return_index=True)
+    for axis, values, reduce in (
+        (0, column, np.minimum),
+        (1, first, np.minimum),
+        (2, column, np.maximum),
+        (3, last, np.maximum),
+    ):
+        boxes[present, axis] = reduce.reduceat(values, group_starts)
+    return boxes
 
 
 def _counts_from_changes(positions: np.ndarray, total: int) -> np.ndarray:
@@ -64,7 +96,7 @@ def to_coco(counts: np.ndarray, size: tuple[int, int]) -> dict[str, Any]:
     return {"size": [int(size[0]), int(size[1])], "counts": rle["counts"].decode("ascii")}
 
 
-def encode_mask(mask: np.ndarray) -> np.ndarray:
-    """RLE of one H x W boolean mask on the CPU."""
+def encode_mask(mask: np.ndarray) -> Encoded:
+    """RLE and box of one H x W boolean mask, on the CPU."""
     tensor = torch.from_numpy(np.ascontiguousarray(mask))[None]
-    return encode_in_image(tensor, [0, 0, mask.shape[1], mask.shape[0]], mask.shape)[0]
+    return encode_in_image(tensor, [0, 0, mask.shape[1], mask.shape[0]], mask.shape)
