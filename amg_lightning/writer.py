@@ -7,6 +7,7 @@ complete shards behind; `completed_keys` lists their images so a resumed run can
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,11 +21,11 @@ from amg_lightning.results import (
     shard_keys,
     shard_name,
     shard_paths,
-    shard_prefix,
     shard_rank_and_number,
 )
 
 COUNT_NAMES = ("images", "masks", "errors")
+_FILE_RANK = re.compile(r"(?:masks|errors)-r(\d+)")
 
 
 def completed_keys(output_dir: str | Path) -> set[str]:
@@ -72,8 +73,7 @@ class RleShardWriter(BasePredictionWriter):
     ) -> None:
         self.rank = trainer.global_rank
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        # A killed run's unfinished shard: its images are not in completed_keys, so they are redone.
-        for leftover in self.output_dir.glob(f"{shard_prefix(self.rank)}*.tar.tmp"):
+        for leftover in self._leftovers(trainer.world_size):
             leftover.unlink()
         own_numbers = [
             number
@@ -83,6 +83,19 @@ class RleShardWriter(BasePredictionWriter):
         self._next_number = max(own_numbers, default=-1) + 1
         self._counts = dict.fromkeys(COUNT_NAMES, 0)
         self._started = time.perf_counter()
+
+    def _leftovers(self, world_size: int) -> list[Path]:
+        """A killed run's unfinished shards and an earlier run's error records, for this rank.
+
+        Their images are not in complete shards, so this run does them again and records them
+        anew. Files of ranks an earlier, larger run had are cleared by rank % world_size.
+        """
+        candidates = [*self.output_dir.glob("masks-r*.tar.tmp"), *self.output_dir.glob("errors-r*")]
+        return [
+            path
+            for path in candidates
+            if (match := _FILE_RANK.match(path.name)) and int(match[1]) % world_size == self.rank
+        ]
 
     def write_on_batch_end(
         self,

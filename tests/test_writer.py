@@ -181,6 +181,24 @@ def test_interrupted_run_keeps_finished_images_and_resume_does_the_rest(
     predict(url, RleShardWriter(str(out), shard_size=3), skip_keys=done)
     written = [r["image"]["key"] for r in iter_results(out)]
     assert sorted(written) == sorted(set(keys) - {"img3"})
+    errors = (out / "errors-r000.jsonl").read_text().splitlines()
+    assert [json.loads(line)["key"] for line in errors] == ["img3"]  # retried, recorded once
+
+
+def test_files_of_ranks_beyond_a_smaller_resumed_run_are_cleared(
+    tmp_path: Path, inputs: tuple[str, list[str]]
+) -> None:
+    url, _ = inputs
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "errors-r003.jsonl").write_text('{"key": "img3", "url": "", "error": "x"}\n')
+    (out / "masks-r002-000000.tar.tmp").write_bytes(b"")
+    predict(url, RleShardWriter(str(out), shard_size=10))
+    assert sorted(p.name for p in out.iterdir() if "-r00" in p.name) == [
+        "counts-r000.json",
+        "errors-r000.jsonl",
+        "masks-r000-000000.tar",
+    ]
 
 
 def encoded(pixels: np.ndarray, fmt: str, mode: str) -> bytes:

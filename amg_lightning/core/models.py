@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
@@ -23,7 +24,12 @@ def _build_vit(model_type: str) -> nn.Module:
 
 
 def _build_vit_t() -> nn.Module:
-    from mobile_sam import sam_model_registry
+    # mobile_sam imports timm's old module paths and re-registers TinyViT names in timm:
+    # warnings about its own imports that no user can act on.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, module="timm")
+        warnings.filterwarnings("ignore", message="Overwriting tiny_vit")
+        from mobile_sam import sam_model_registry
 
     return sam_model_registry["vit_t"]()
 
