@@ -27,7 +27,16 @@ from amg_lightning.logging_utils import get_logger
 from amg_lightning.progress import ThroughputProgressBar
 from amg_lightning.writer import RleShardWriter, completed_keys
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+def _config_dir() -> Path:
+    """conf/ of the checkout this module is in, else the copy installed with the package."""
+    checkout = Path(__file__).resolve().parents[1] / "conf"
+    if (checkout / "predict.yaml").is_file():
+        return checkout
+    return Path(__file__).resolve().parent / "conf"
+
+
+CONFIG_DIR = _config_dir()
 log = get_logger(__name__)
 
 
@@ -89,15 +98,18 @@ def predict(cfg: DictConfig) -> dict[str, Any] | None:
     trainer.predict(model, datamodule=datamodule, return_predictions=False)
     if not trainer.is_global_zero:
         return None
-    return _finish_summary(cfg, output_dir, model.generator.embedding_cache)
+    return _finish_summary(cfg, output_dir, len(done), model.generator.embedding_cache)
 
 
 def _finish_summary(
-    cfg: DictConfig, output_dir: Path, cache: EmbeddingCache | None
+    cfg: DictConfig, output_dir: Path, already_done: int, cache: EmbeddingCache | None
 ) -> dict[str, Any]:
-    """Adds encoder time saved and evaluation scores, and logs the one-line summary."""
+    """Adds what a resumed run skipped, encoder time saved and evaluation scores, and logs the
+    one-line summary. The counts are this run's; `images_already_done` were in complete shards.
+    """
     summary_path = output_dir / "summary.json"
     summary = json.loads(summary_path.read_text())
+    summary["images_already_done"] = already_done
     if cache is not None:  # rank 0's own lookups: the sweep report's time saved
         summary["encoder_seconds_saved"] = round(cache.seconds_saved, 3)
     if cfg.eval.gt:

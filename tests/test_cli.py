@@ -149,6 +149,7 @@ def test_resume_after_interruption(tmp_path: Path) -> None:
 
     summary = run_in_process([*run, "resume=true"])
     assert summary["images"] == 1  # only the lost image was segmented again
+    assert summary["images_already_done"] == 4
     assert key_counts(out) == Counter({f"im{i}": 1 for i in range(5)})
     assert lost_key in key_counts(shard_paths(out)[-1])
     assert not list(out.glob("*.tmp"))
