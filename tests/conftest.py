@@ -23,14 +23,23 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 PREDICT = Path(__file__).resolve().parents[1] / "predict.py"
 
 
+# The installed console script, beside this interpreter.
+AMG_PREDICT = Path(sys.executable).parent / "amg-predict"
+
+
 def run_predict(
-    args: list[str], cwd: Path, timeout: float, env: dict[str, str] | None = None
+    args: list[str],
+    cwd: Path,
+    timeout: float,
+    env: dict[str, str] | None = None,
+    command: tuple[str, ...] = (sys.executable, str(PREDICT)),
 ) -> subprocess.CompletedProcess:
-    """`python predict.py ARGS` from `cwd`, as a user runs it (without HYDRA_FULL_ERROR)."""
+    """`python predict.py ARGS` (or `command` ARGS) from `cwd`, as a user runs it (without
+    HYDRA_FULL_ERROR)."""
     environment = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     environment.update(env or {})
     return subprocess.run(
-        [sys.executable, str(PREDICT), *args],
+        [*command, *args],
         cwd=cwd,
         env=environment,
         capture_output=True,

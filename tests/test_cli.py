@@ -8,9 +8,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,7 +25,7 @@ from PIL import Image
 from amg_lightning.cli import CONFIG_DIR, predict
 from amg_lightning.config import ConfigError, check_config
 from amg_lightning.results import iter_results, shard_paths
-from tests.conftest import run_predict
+from tests.conftest import AMG_PREDICT, PREDICT, run_predict
 
 REPO = Path(__file__).resolve().parents[1]
 # Small images, a 4x4 point grid and no quality filter: a run takes a second, and finds masks.
@@ -95,8 +97,10 @@ def key_counts(output_dir: Path) -> Counter:
     return Counter(result["image"]["key"] for result in iter_results(output_dir))
 
 
-def run_cli(args: list[str], cwd: Path, timeout: float = TIMEOUT_S) -> subprocess.CompletedProcess:
-    return run_predict(args, cwd, timeout)
+def run_cli(
+    args: list[str], cwd: Path, timeout: float = TIMEOUT_S, **kwargs: Any
+) -> subprocess.CompletedProcess:
+    return run_predict(args, cwd, timeout, **kwargs)
 
 
 def test_mixed_inputs_counts_keys_and_errors(mixed_shards: Path, tmp_path: Path) -> None:
@@ -155,10 +159,13 @@ def test_resume_after_interruption(tmp_path: Path) -> None:
     assert not list(out.glob("*.tmp"))
 
 
-def test_entry_point_run(mixed_shards: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "command", [(sys.executable, str(PREDICT)), (str(AMG_PREDICT),)], ids=["predict.py", "script"]
+)
+def test_entry_point_run(mixed_shards: Path, tmp_path: Path, command: tuple[str, ...]) -> None:
     out = tmp_path / "out"
     args = [*FAST, f"data.urls={mixed_shards}", f"output_dir={out}", "data.num_workers=0"]
-    finished = run_cli(args, cwd=tmp_path)
+    finished = run_cli(args, cwd=tmp_path, command=command)
 
     assert finished.returncode == 0, finished.stdout + finished.stderr
     last_line = finished.stdout.strip().splitlines()[-1]
