@@ -33,8 +33,8 @@ lint: $(INSTALLED)
 	$(VENV)/bin/ruff format --check .
 
 demo: $(INSTALLED)
-	$(VENV_PYTHON) scripts/make_demo_data.py demo/data --count $(DEMO_IMAGES)
+	$(VENV)/bin/amg-demo-data demo/data --count $(DEMO_IMAGES)
 	$(VENV_PYTHON) predict.py model=vit_t data.urls=demo/data output_dir=demo/out points_per_side=16
-	$(VENV_PYTHON) scripts/visualize.py demo/out --out demo/pictures
+	$(VENV)/bin/amg-visualize demo/out --out demo/pictures
 	@echo "masks (COCO RLE shards): $(CURDIR)/demo/out"
 	@echo "pictures:                $(CURDIR)/demo/pictures"

@@ -5,7 +5,7 @@
 See conf/predict.yaml for every setting and README.md for multi-GPU, resuming and sweeps.
 """
 
-from amg_lightning.cli import main
+from amg_lightning.run.cli import main
 
 if __name__ == "__main__":
     main()

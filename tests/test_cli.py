@@ -5,13 +5,11 @@ Real tar shards of real image files, the tiny random SAM, a real Lightning Train
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -22,25 +20,19 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 from PIL import Image
 
-from amg_lightning.cli import CONFIG_DIR, predict
-from amg_lightning.config import ConfigError, check_config
-from amg_lightning.results import iter_results, shard_paths
-from tests.conftest import AMG_PREDICT, PREDICT, run_predict
+from amg_lightning.data import shards as make_shards
+from amg_lightning.results.run_folder import shard_paths
+from amg_lightning.results.shards import iter_results
+from amg_lightning.run.cli import CONFIG_DIR, predict
+from amg_lightning.run.config import ConfigError, check_config
+from tests.helpers.predict import AMG_PREDICT, PREDICT, run_predict
+
+pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[1]
 # Small images, a 4x4 point grid and no quality filter: a run takes a second, and finds masks.
 FAST = ["model=tiny", "points_per_side=4", "pred_iou_thresh=0.0", "stability_score_thresh=0.0"]
 TIMEOUT_S = 120
-
-
-def _load_make_shards() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("make_shards", REPO / "scripts/make_shards.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-make_shards = _load_make_shards()
 
 
 def save_image(path: Path, mode: str, size: tuple[int, int], seed: int = 0) -> None:

@@ -17,8 +17,11 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from amg_lightning.results import iter_results, shard_paths
-from tests.conftest import run_predict
+from amg_lightning.results.run_folder import shard_paths
+from amg_lightning.results.shards import iter_results
+from tests.helpers.predict import run_predict
+
+pytestmark = pytest.mark.e2e
 
 DDP = ["model=tiny", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
 DDP += ["data.num_workers=1", "points_per_side=4"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,14 +12,15 @@ import pytest
 import webdataset as wds
 from pycocotools import mask as mask_utils
 
-from amg_lightning.evaluation import (
+from amg_lightning.data.synthetic import coco_annotation, write_dataset
+from amg_lightning.results.evaluation import (
     METRIC_NAMES,
     add_scores_to_summary,
     evaluate,
     evaluate_output_dir,
 )
-from amg_lightning.results import shard_name
-from amg_lightning.synthetic import coco_annotation, write_dataset
+from amg_lightning.results.run_folder import shard_name
+from tests.helpers.predict import console_command
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -242,12 +242,10 @@ def test_script_stores_scores_in_the_summary(tmp_path: Path) -> None:
     dataset = write_dataset(tmp_path / "synthetic", count=2, seed=5)
     predictions = _predictions_from_gt(json.loads(dataset.annotations.read_text()))
     _write_output_dir(tmp_path / "run", predictions)
-    script = REPO / "scripts" / "evaluate.py"
 
     subprocess.run(
         [
-            sys.executable,
-            str(script),
+            console_command("amg-evaluate"),
             str(tmp_path / "run"),
             str(dataset.annotations),
             "--update-summary",

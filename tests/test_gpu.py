@@ -47,7 +47,7 @@ def test_fast_mode_stays_close_to_exact(random_image):
 def test_lightning_module_on_the_gpu(random_image):
     import lightning as L
 
-    from amg_lightning.module import AmgModule
+    from amg_lightning.run.module import AmgModule
 
     module = AmgModule("tiny", settings=SETTINGS)
     batch = {"key": ["a"], "url": ["u"], "image": [torch.from_numpy(random_image)], "error": [None]}

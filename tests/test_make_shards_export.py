@@ -1,9 +1,8 @@
-"""scripts/make_shards.py and scripts/export.py, their `main` run in-process on real files."""
+"""amg-shards and amg-export, their `main` run in-process on real files."""
 
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 import json
 from pathlib import Path
@@ -16,20 +15,10 @@ import webdataset as wds
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from amg_lightning.results import METADATA_HEADER, iter_results
-
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-
-
-def load_script(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-make_shards = load_script("make_shards")
-export = load_script("export")
+from amg_lightning.data import shards as make_shards
+from amg_lightning.results import export
+from amg_lightning.results.export import METADATA_HEADER
+from amg_lightning.results.shards import iter_results
 
 
 def exit_code(script: ModuleType, *args: str) -> int:

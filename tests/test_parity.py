@@ -12,7 +12,7 @@ from mobile_sam import SamAutomaticMaskGenerator
 from pycocotools import mask as coco_mask
 
 from amg_lightning import AutomaticMaskGenerator
-from tests.conftest import read_rgb
+from tests.helpers.images import read_rgb
 
 CASES = {
     "single crop": ("dog.jpg", {"points_per_side": 10}),

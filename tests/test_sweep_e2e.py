@@ -6,11 +6,13 @@ import csv
 import json
 import subprocess
 import sys
-from pathlib import Path
 
-from amg_lightning.synthetic import SceneSpec, write_dataset
+import pytest
 
-PREDICT = Path(__file__).resolve().parents[1] / "predict.py"
+from amg_lightning.data.synthetic import SceneSpec, write_dataset
+from tests.helpers.predict import PREDICT
+
+pytestmark = pytest.mark.e2e
 
 
 def test_threshold_sweep_with_evaluation_reports_every_job(tmp_path):

@@ -10,7 +10,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from amg_lightning.sweep import latest_multirun, parse_override, read_jobs, write_report
+from amg_lightning.results.sweep import latest_multirun, parse_override, read_jobs, write_report
 
 
 def _job(directory: Path, overrides: list[str], summary: dict[str, Any] | None) -> None:
@@ -156,7 +156,7 @@ hydra:
     dir: ${oc.env:SWEEP_ROOT}/${now:%Y-%m-%d}/${now:%H-%M-%S-%f}
   callbacks:
     sweep_report:
-      _target_: amg_lightning.sweep.SweepReportCallback
+      _target_: amg_lightning.results.sweep.SweepReportCallback
 """
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -13,7 +12,8 @@ import pytest
 import webdataset as wds
 from pycocotools import mask as mask_utils
 
-from amg_lightning.synthetic import SceneSpec, make_scene, scene_rng, write_dataset
+from amg_lightning.data.synthetic import SceneSpec, make_scene, scene_rng, write_dataset
+from tests.helpers.predict import console_command
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -85,8 +85,7 @@ def test_too_small_scenes_are_refused() -> None:
 
 
 def test_script_writes_a_dataset(tmp_path: Path) -> None:
-    script = REPO / "scripts" / "make_synthetic.py"
-    command = [sys.executable, str(script), str(tmp_path), "--count", "3", "--per-shard", "2"]
+    command = [console_command("amg-synthetic"), str(tmp_path), "--count", "3", "--per-shard", "2"]
 
     subprocess.run(command, check=True, capture_output=True, timeout=60)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -13,7 +12,8 @@ import pytest
 import webdataset as wds
 from pycocotools import mask as mask_utils
 
-from amg_lightning.visualize import draw_masks, mask_colours
+from amg_lightning.results.visualize import draw_masks, mask_colours
+from tests.helpers.predict import console_command
 
 REPO = Path(__file__).resolve().parents[1]
 GRAY = 128
@@ -110,7 +110,7 @@ def test_command_draws_a_coco_json(tmp_path: Path) -> None:
     }
     (tmp_path / "masks.json").write_text(json.dumps(coco))
     out = tmp_path / "pictures"
-    command = [sys.executable, str(REPO / "scripts" / "visualize.py"), str(tmp_path / "masks.json")]
+    command = [console_command("amg-visualize"), str(tmp_path / "masks.json")]
     command += ["--images", str(images), "--out", str(out)]
     subprocess.run(command, check=True, capture_output=True)
     picture = cv2.cvtColor(cv2.imread(str(out / "square.png")), cv2.COLOR_BGR2RGB)
@@ -135,7 +135,7 @@ def test_command_draws_prediction_shards_over_their_input_images(tmp_path: Path)
     with wds.TarWriter(str(output_dir / "masks-r000-000000.tar")) as writer:
         writer.write({"__key__": "square", "json": result})
     out = tmp_path / "pictures"
-    command = [sys.executable, str(REPO / "scripts" / "visualize.py"), str(output_dir)]
+    command = [console_command("amg-visualize"), str(output_dir)]
     subprocess.run([*command, "--out", str(out)], check=True, capture_output=True)
     assert sorted(p.name for p in out.iterdir()) == ["square.png"]
     picture = cv2.imread(str(out / "square.png"))

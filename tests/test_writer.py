@@ -15,9 +15,10 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from amg_lightning.data.datamodule import WebDatasetDataModule
-from amg_lightning.module import AmgModule
-from amg_lightning.results import iter_results, shard_paths
-from amg_lightning.writer import RleShardWriter, completed_keys
+from amg_lightning.results.run_folder import shard_paths
+from amg_lightning.results.shards import iter_results
+from amg_lightning.run.module import AmgModule
+from amg_lightning.run.writer import RleShardWriter, completed_keys
 
 
 def coco_rle_record(mask: np.ndarray) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Reading WebDataset shards of images into prediction batches."""
+"""Data in: WebDataset shards of images, packing folders into shards, synthetic scenes."""
 
 from amg_lightning.data.datamodule import WebDatasetDataModule, resolve_urls
 from amg_lightning.data.decode import IMAGE_EXTENSIONS, decode_image

@@ -6,6 +6,7 @@ whatever its category, so the numbers say how well the generator proposes object
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import json
@@ -16,7 +17,8 @@ from typing import Any
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from amg_lightning.results import iter_results
+from amg_lightning.results.run_folder import summary_path, update_summary
+from amg_lightning.results.shards import iter_results
 
 MAX_DETS = [10, 100, 1000]
 
@@ -69,7 +71,7 @@ def _match_image(image: dict[str, Any], index: dict[str, int]) -> int | None:
     for value in (image.get("key"), image.get("url")):
         if not value:
             continue
-        # scripts/make_shards.py writes folders into keys as "__".
+        # amg-shards writes folders into keys as "__".
         for name in (*_name_aliases(value), *_name_aliases(value.replace("__", "/"))):
             if name in index:
                 return index[name]
@@ -169,10 +171,25 @@ def evaluate_output_dir(output_dir: str | Path, gt_json: str | Path) -> dict[str
 
 def add_scores_to_summary(output_dir: str | Path, scores: dict[str, float]) -> Path:
     """Store `scores` under "eval" in the run's summary.json, where sweep reports look."""
-    path = Path(output_dir) / "summary.json"
-    summary = json.loads(path.read_text())
-    summary["eval"] = scores
-    temporary = path.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(summary, indent=2))
-    temporary.replace(path)
-    return path
+    update_summary(output_dir, eval=scores)
+    return summary_path(output_dir)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`amg-evaluate RUN_DIR GT_JSON [--update-summary]`."""
+    parser = argparse.ArgumentParser(
+        description="Score a prediction run's masks against COCO-style ground truth, "
+        "class-agnostic."
+    )
+    parser.add_argument("output_dir", help="a prediction run's output_dir (RLE shards)")
+    parser.add_argument("gt_json", help="COCO instances json (polygon or RLE segmentations)")
+    parser.add_argument(
+        "--update-summary",
+        action="store_true",
+        help='store the scores under "eval" in OUTPUT_DIR/summary.json, for sweep reports',
+    )
+    args = parser.parse_args(argv)
+    scores = evaluate_output_dir(args.output_dir, args.gt_json)
+    print(json.dumps(scores, indent=2))
+    if args.update_summary:
+        print(f"scores stored in {add_scores_to_summary(args.output_dir, scores)}")

@@ -99,13 +99,10 @@ def make_shards(source: Path, output: Path, maxcount: int) -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`amg-shards SOURCE --output DIR`."""
     args = parse_args(argv)
     if args.maxcount < 1:
         sys.exit("--maxcount must be at least 1")
     images, shards = make_shards(args.source, args.output, args.maxcount)
     print(f"wrote {images} images in {shards} shards to {args.output}")
     return 0 if images else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

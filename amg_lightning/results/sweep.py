@@ -6,8 +6,8 @@ A multirun directory holds one subdirectory per job, each with `.hydra/overrides
 
 from __future__ import annotations
 
+import argparse
 import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +15,8 @@ from typing import Any
 import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
+
+from amg_lightning.results.run_folder import read_summary
 
 BEST_BY = "AR@100"
 # summary.json field -> column; masks per image is derived.
@@ -64,9 +66,7 @@ def read_jobs(multirun_dir: str | Path) -> list[JobResult]:
         overrides = dict(
             parse_override(o) for o in yaml.safe_load(overrides_file.read_text()) or []
         )
-        summary_file = job_dir / "summary.json"
-        summary = json.loads(summary_file.read_text()) if summary_file.is_file() else None
-        jobs.append(JobResult(job_dir.name, overrides, summary))
+        jobs.append(JobResult(job_dir.name, overrides, read_summary(job_dir)))
     return sorted(jobs, key=_job_order)
 
 
@@ -162,3 +162,19 @@ class SweepReportCallback(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         print(write_report(config.hydra.sweep.dir))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`amg-sweep-report [MULTIRUN_DIR]`: writes sweep.md and sweep.csv and prints the table.
+
+    Scores appear where a job's summary.json holds them under "eval": run the sweep with
+    eval.gt=..., or afterwards `amg-evaluate --update-summary` on each job.
+    """
+    parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
+    parser.add_argument(
+        "multirun_dir",
+        nargs="?",
+        help="multirun/<date>/<time>; the newest one under ./multirun when left out",
+    )
+    args = parser.parse_args(argv)
+    print(write_report(args.multirun_dir or latest_multirun()))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import subprocess
@@ -18,22 +17,23 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from amg_lightning.allocator import keep_freed_memory
-from amg_lightning.checkpoints import resolve_checkpoint
-from amg_lightning.config import ConfigError, check_config, generator_settings
 from amg_lightning.core.embedding_cache import EmbeddingCache
 from amg_lightning.core.models import CheckpointError
-from amg_lightning.logging_utils import get_logger
-from amg_lightning.progress import ThroughputProgressBar
-from amg_lightning.writer import RleShardWriter, completed_keys
+from amg_lightning.results.run_folder import update_summary
+from amg_lightning.run.checkpoints import resolve_checkpoint
+from amg_lightning.run.config import ConfigError, check_config, generator_settings
+from amg_lightning.run.progress import ThroughputProgressBar
+from amg_lightning.run.writer import RleShardWriter, completed_keys
+from amg_lightning.utils.allocator import keep_freed_memory
+from amg_lightning.utils.logging import get_logger
 
 
 def _config_dir() -> Path:
     """conf/ of the checkout this module is in, else the copy installed with the package."""
-    checkout = Path(__file__).resolve().parents[1] / "conf"
+    checkout = Path(__file__).resolve().parents[2] / "conf"
     if (checkout / "predict.yaml").is_file():
         return checkout
-    return Path(__file__).resolve().parent / "conf"
+    return Path(__file__).resolve().parents[1] / "conf"
 
 
 CONFIG_DIR = _config_dir()
@@ -107,16 +107,14 @@ def _finish_summary(
     """Adds what a resumed run skipped, encoder time saved and evaluation scores, and logs the
     one-line summary. The counts are this run's; `images_already_done` were in complete shards.
     """
-    summary_path = output_dir / "summary.json"
-    summary = json.loads(summary_path.read_text())
-    summary["images_already_done"] = already_done
+    fields: dict[str, Any] = {"images_already_done": already_done}
     if cache is not None:  # rank 0's own lookups: the sweep report's time saved
-        summary["encoder_seconds_saved"] = round(cache.seconds_saved, 3)
+        fields["encoder_seconds_saved"] = round(cache.seconds_saved, 3)
     if cfg.eval.gt:
-        from amg_lightning.evaluation import evaluate_output_dir
+        from amg_lightning.results.evaluation import evaluate_output_dir
 
-        summary["eval"] = evaluate_output_dir(output_dir, cfg.eval.gt)
-    summary_path.write_text(json.dumps(summary, indent=2))
+        fields["eval"] = evaluate_output_dir(output_dir, cfg.eval.gt)
+    summary = update_summary(output_dir, **fields)
     scores = "".join(
         f", {k} {v:.3f}" for k, v in summary.get("eval", {}).items() if k in ("AR@100", "AP")
     )

@@ -1,7 +1,7 @@
-"""Pictures of predicted masks: one PNG per image, each mask tinted and outlined over the photo.
+"""Pictures of predicted masks: each mask tinted with a seeded colour and outlined over its image.
 
-python scripts/visualize.py demo/out --out demo/pictures
-python scripts/visualize.py masks.json --images photos/ --out pictures/
+amg-visualize RUN_DIR --out pictures/
+amg-visualize masks.json --images photos/ --out pictures/
 """
 
 from __future__ import annotations
@@ -11,31 +11,78 @@ import itertools
 import json
 import sys
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
+from pycocotools import mask as mask_utils
 
 from amg_lightning.data.datamodule import decode_sample, read_shard
 from amg_lightning.data.decode import decode_image
-from amg_lightning.results import iter_results
-from amg_lightning.visualize import draw_masks
+from amg_lightning.results.shards import iter_results
+
+USAGE = __doc__
+
+
+def mask_colours(count: int, seed: int = 0) -> np.ndarray:
+    """`count` random RGB colours as a (count, 3) uint8 array; the same for the same seed."""
+    return np.random.default_rng(seed).integers(0, 256, size=(count, 3), dtype=np.uint8)
+
+
+def decode_rle(rle: Mapping[str, Any]) -> np.ndarray:
+    """A bool (h, w) mask from a COCO RLE, compressed (counts str) or uncompressed (list)."""
+    height, width = rle["size"]
+    if isinstance(rle["counts"], list):
+        rle = mask_utils.frPyObjects(dict(rle), height, width)
+    return mask_utils.decode(rle).astype(bool)
+
+
+def draw_masks(
+    image: np.ndarray, masks_rles: Sequence[Mapping[str, Any]], seed: int = 0, alpha: float = 0.5
+) -> np.ndarray:
+    """A copy of the RGB uint8 `image` with each mask tinted in its colour and outlined in it.
+
+    Mask i gets colour i of `mask_colours(len(masks_rles), seed)`.
+    """
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image must be RGB uint8 (h, w, 3), got {image.dtype} {image.shape}")
+    masks = [decode_rle(rle) for rle in masks_rles]
+    for mask in masks:
+        if mask.shape != image.shape[:2]:
+            raise ValueError(f"mask of size {mask.shape} does not fit image {image.shape[:2]}")
+    colours = mask_colours(len(masks), seed)
+    # Largest first, so small masks stay visible on top of the large ones they lie in.
+    order = sorted(range(len(masks)), key=lambda i: -int(masks[i].sum()))
+    canvas = image.astype(np.float32)
+    for i in order:
+        canvas[masks[i]] = (1 - alpha) * canvas[masks[i]] + alpha * colours[i]
+    drawn = canvas.round().astype(np.uint8)
+    # One pixel vanishes when a large photo is shown shrunk; thicken with the image size.
+    thickness = max(1, max(image.shape[:2]) // 500)
+    # Outlines last, at full strength, so no later tint washes them out.
+    for i in order:
+        contours, _ = cv2.findContours(
+            masks[i].astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE
+        )
+        cv2.drawContours(drawn, contours, -1, colours[i].tolist(), thickness=thickness)
+    return drawn
+
 
 # (key, RGB image, mask RLEs) for one picture.
 Picture = tuple[str, np.ndarray, list[dict[str, Any]]]
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("source", type=Path, help="prediction output dir, or a COCO json")
     parser.add_argument("--images", type=Path, help="folder of the COCO json's file_names")
     parser.add_argument("--out", type=Path, required=True, help="folder for <key>.png")
     parser.add_argument("--seed", type=int, default=0, help="seed of the mask colours")
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 def pictures_from_results(output_dir: Path) -> Iterator[Picture]:
@@ -80,8 +127,9 @@ def write_pictures(pictures: Iterator[Picture], out_dir: Path, seed: int) -> int
     return count
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> None:
+    """`amg-visualize`."""
+    args = parse_args(argv)
     if args.source.suffix == ".json":
         if args.images is None:
             sys.exit("a COCO json needs --images, the folder its file_names are in")
@@ -90,7 +138,3 @@ def main() -> None:
         pictures = pictures_from_results(args.source)
     count = write_pictures(pictures, args.out, args.seed)
     print(f"wrote {count} pictures to {args.out}")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,75 +1,29 @@
-"""The RLE shards a run writes: their names, reading them back, and exporting them.
+"""Export a run's RLE shards as a COCO results json and/or amg.py's PNG mask folders.
 
-Each shard sample is `{"image": {"key", "url", "height", "width"}, "annotations": [...]}`
-with annotations in COCO-RLE form, as `RleShardWriter` writes them.
+amg-export RUN_DIR --coco masks.json --png masks/
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import re
-import tarfile
-from collections.abc import Iterable, Iterator
+import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
-from webdataset.tariterators import base_plus_ext, tar_file_iterator
 
-_SHARD_NAME = re.compile(r"masks-r(\d{3,})-(\d{6,})\.tar")
+from amg_lightning.results.run_folder import shard_paths
+from amg_lightning.results.shards import iter_results
 
 METADATA_HEADER = (
     "id,area,bbox_x0,bbox_y0,bbox_w,bbox_h,point_input_x,point_input_y,"
     "predicted_iou,stability_score,crop_box_x0,crop_box_y0,crop_box_w,crop_box_h"
 )
 COCO_CATEGORY = {"id": 1, "name": "object"}
-
-
-def shard_prefix(rank: int) -> str:
-    """The start of every shard name of one rank."""
-    return f"masks-r{rank:03d}-"
-
-
-def shard_name(rank: int, number: int) -> str:
-    """The file name of a rank's numbered shard."""
-    return f"{shard_prefix(rank)}{number:06d}.tar"
-
-
-def shard_rank_and_number(path: Path) -> tuple[int, int]:
-    """The rank and number in a shard's file name."""
-    match = _SHARD_NAME.fullmatch(path.name)
-    if match is None:
-        raise ValueError(f"not a mask shard name: {path.name}")
-    return int(match[1]), int(match[2])
-
-
-def shard_paths(output_dir: str | Path) -> list[Path]:
-    """Complete shards in `output_dir` (not `*.tar.tmp`), sorted by name."""
-    return sorted(p for p in Path(output_dir).glob("masks-r*.tar") if _SHARD_NAME.fullmatch(p.name))
-
-
-def shard_keys(path: Path) -> list[str]:
-    """The sample keys in one shard, from member names only (no data is parsed)."""
-    with tarfile.open(path) as shard:
-        return [base_plus_ext(name)[0] for name in shard.getnames()]
-
-
-def iter_results(paths_or_dir: str | Path | Iterable[str | Path]) -> Iterator[dict[str, Any]]:
-    """Each sample's json dict from an output directory, one shard, or a list of shards."""
-    for path in _result_shards(paths_or_dir):
-        with open(path, "rb") as stream:
-            for member in tar_file_iterator(stream):
-                if member["fname"].endswith(".json"):
-                    yield json.loads(member["data"])
-
-
-def _result_shards(paths_or_dir: str | Path | Iterable[str | Path]) -> list[Path]:
-    if isinstance(paths_or_dir, (str, Path)):
-        path = Path(paths_or_dir)
-        return shard_paths(path) if path.is_dir() else [path]
-    return [Path(path) for path in paths_or_dir]
 
 
 def coco_results(results: Iterable[dict[str, Any]]) -> dict[str, Any]:
@@ -138,3 +92,37 @@ def _metadata_row(index: int, record: dict[str, Any]) -> str:
         *record["crop_box"],
     ]
     return ",".join(str(value) for value in values)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("output_dir", type=Path, help="the run's output folder of masks-*.tar")
+    parser.add_argument("--coco", type=Path, help="write COCO results json here")
+    parser.add_argument("--png", type=Path, help="write a folder of masks per image here")
+    args = parser.parse_args(argv)
+    if args.coco is None and args.png is None:
+        parser.error("give --coco, --png or both")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`amg-export`."""
+    args = parse_args(argv)
+    shards = shard_paths(args.output_dir)
+    if not shards:
+        sys.exit(f"no complete masks-*.tar shards in {args.output_dir}")
+    if args.coco is not None:
+        coco = coco_results(iter_results(shards))
+        args.coco.parent.mkdir(parents=True, exist_ok=True)
+        args.coco.write_text(json.dumps(coco))
+        print(
+            f"wrote {len(coco['images'])} images, {len(coco['annotations'])} masks to {args.coco}"
+        )
+    if args.png is not None:
+        images = write_mask_folders(iter_results(shards), args.png)
+        print(f"wrote mask folders for {images} images to {args.png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -7,7 +7,6 @@ complete shards behind; `completed_keys` lists their images so a resumed run can
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,33 +16,25 @@ import lightning
 import webdataset as wds
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from amg_lightning.results import (
-    shard_keys,
+from amg_lightning.results.run_folder import (
+    RANK_FILE,
+    counts_path,
+    errors_path,
     shard_name,
     shard_paths,
     shard_rank_and_number,
+    summary_path,
+    unfinished_path,
+    write_json_atomically,
 )
+from amg_lightning.results.shards import shard_keys
 
 COUNT_NAMES = ("images", "masks", "errors")
-_FILE_RANK = re.compile(r"(?:masks|errors)-r(\d+)")
 
 
 def completed_keys(output_dir: str | Path) -> set[str]:
     """Keys of the images in the complete shards of `output_dir` (empty if it does not exist)."""
     return {key for path in shard_paths(output_dir) for key in shard_keys(path)}
-
-
-def errors_path(output_dir: Path, rank: int) -> Path:
-    return output_dir / f"errors-r{rank:03d}.jsonl"
-
-
-def counts_path(output_dir: Path, rank: int) -> Path:
-    return output_dir / f"counts-r{rank:03d}.json"
-
-
-def unfinished_path(shard_path: Path) -> Path:
-    """Where a shard is written until it is complete."""
-    return shard_path.with_name(shard_path.name + ".tmp")
 
 
 class RleShardWriter(BasePredictionWriter):
@@ -94,7 +85,7 @@ class RleShardWriter(BasePredictionWriter):
         return [
             path
             for path in candidates
-            if (match := _FILE_RANK.match(path.name)) and int(match[1]) % world_size == self.rank
+            if (match := RANK_FILE.match(path.name)) and int(match[1]) % world_size == self.rank
         ]
 
     def write_on_batch_end(
@@ -179,4 +170,4 @@ class RleShardWriter(BasePredictionWriter):
             "masks_per_second": totals["masks"] / wall_seconds if wall_seconds else 0.0,
             "config": self.config,
         }
-        (self.output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        write_json_atomically(summary_path(self.output_dir), summary)

@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from amg_lightning.core.models import MODEL_TYPES
 from amg_lightning.core.settings import SETTING_NAMES, AmgSettings
 from amg_lightning.data.datamodule import resolve_urls
-from amg_lightning.results import shard_paths
+from amg_lightning.results.run_folder import shard_paths
 
 
 class ConfigError(ValueError):
@@ -32,7 +32,7 @@ def check_config(cfg: DictConfig) -> None:
     if cfg.output_mode != "coco_rle":
         raise ConfigError(
             "output_mode must be coco_rle for prediction shards; "
-            "scripts/export.py turns them into PNG masks or a COCO json"
+            "amg-export turns them into PNG masks or a COCO json"
         )
     if cfg.model.model_type not in MODEL_TYPES:
         raise ConfigError(
@@ -60,7 +60,7 @@ def _check_data(data: DictConfig) -> None:
             OmegaConf.to_object(data.urls) if OmegaConf.is_config(data.urls) else data.urls
         )
     except ValueError as err:
-        raise ConfigError(f"{err}; make shards with scripts/make_shards.py") from None
+        raise ConfigError(f"{err}; make shards with amg-shards") from None
     for key, low in (("batch_size", 1), ("num_workers", 0)):
         value = data[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < low:

@@ -22,7 +22,7 @@ from typing import BinaryIO
 from tqdm import tqdm
 
 from amg_lightning.core.models import MODEL_TYPES, CheckpointError
-from amg_lightning.logging_utils import get_logger
+from amg_lightning.utils.logging import get_logger
 
 log = get_logger(__name__)
 

@@ -1,0 +1,1 @@
+"""A prediction run under Lightning: module, writer, progress, entry point, config checks."""

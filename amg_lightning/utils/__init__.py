@@ -1,0 +1,1 @@
+"""Process-wide helpers: the rank-zero logger and the allocator setting."""

@@ -1,0 +1,1 @@
+"""Helpers the tests share: running predict.py, reading photos, building shards."""
