@@ -17,8 +17,9 @@ from pycocotools import mask as mask_utils
 from amg_lightning.data.datamodule import WebDatasetDataModule
 from amg_lightning.results.run_folder import shard_paths
 from amg_lightning.results.shards import iter_results
+from amg_lightning.run.folder import completed_samples
 from amg_lightning.run.module import AmgModule
-from amg_lightning.run.writer import RleShardWriter, completed_keys
+from amg_lightning.run.writer import RleShardWriter
 
 
 def coco_rle_record(mask: np.ndarray) -> dict[str, Any]:
@@ -95,7 +96,7 @@ def predict(
     urls: str | list[str],
     writer: RleShardWriter,
     fail_at_batch: int | None = None,
-    skip_keys: set[str] | frozenset[str] = frozenset(),
+    skip_keys: set[tuple[str, str]] | frozenset[tuple[str, str]] = frozenset(),
 ) -> None:
     trainer = lightning.Trainer(
         accelerator="cpu", devices=1, callbacks=[writer], logger=False, enable_progress_bar=False
@@ -123,7 +124,7 @@ def test_shards_rotate_and_hold_each_image(tmp_path: Path, inputs: tuple[str, li
     assert first["image"] == {"key": "img0", "url": url, "height": 6, "width": 8}
     bright = mask_utils.decode(first["annotations"][0]["segmentation"])
     np.testing.assert_array_equal(bright, np.repeat([[1], [1], [1], [0], [0], [0]], 8, axis=1))
-    assert completed_keys(out) == set(good_keys)
+    assert completed_samples(out, move_damaged=False) == {(url, key) for key in good_keys}
 
 
 def test_errors_file_and_summary(tmp_path: Path, inputs: tuple[str, list[str]]) -> None:
@@ -162,11 +163,11 @@ def test_leftover_unfinished_shard_is_removed_and_redone(
     leftover = out / "masks-r000-000000.tar.tmp"
     with wds.TarWriter(str(leftover)) as killed:
         killed.write({"__key__": "img0", "json": {"image": {"key": "img0"}, "annotations": []}})
-    assert completed_keys(out) == set()
+    assert completed_samples(out, move_damaged=False) == set()
     predict(url, RleShardWriter(str(out), shard_size=10))
     assert not leftover.exists()
     assert [p.name for p in shard_paths(out)] == ["masks-r000-000000.tar"]
-    assert completed_keys(out) == set(keys) - {"img3"}
+    assert completed_samples(out, move_damaged=False) == {(url, k) for k in keys if k != "img3"}
 
 
 def test_interrupted_run_keeps_finished_images_and_resume_does_the_rest(
@@ -176,8 +177,9 @@ def test_interrupted_run_keeps_finished_images_and_resume_does_the_rest(
     out = tmp_path / "out"
     with pytest.raises(RuntimeError, match="interrupted"):
         predict(url, RleShardWriter(str(out), shard_size=10), fail_at_batch=2)
-    done = completed_keys(out)
-    assert done == {"img0", "img1", "img2"}  # img3 failed to decode: an error, not a result
+    done = completed_samples(out, move_damaged=False)
+    # img3 failed to decode: an error, not a result.
+    assert done == {(url, "img0"), (url, "img1"), (url, "img2")}
     assert not list(out.glob("*.tmp"))
     predict(url, RleShardWriter(str(out), shard_size=3), skip_keys=done)
     written = [r["image"]["key"] for r in iter_results(out)]
