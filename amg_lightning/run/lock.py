@@ -7,7 +7,8 @@ starts; taken from SLURM's job or torchrun's rendezvous id where those start the
 
 A lock is stale, and does not block `resume=true`, when its process is gone: on this host
 when its pid no longer runs, on another host when its heartbeat is older than STALE_AFTER_S,
-or when it was left by an earlier attempt of the same SLURM job (a requeue).
+or when it was left by an earlier attempt of the same SLURM job (a requeue). A lock without
+a readable holder is stale after UNREADABLE_STALE_AFTER_S.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ from amg_lightning.run.config import ConfigError
 RUN_ID_ENV = "AMG_RUN_ID"
 HEARTBEAT_S = 30.0
 STALE_AFTER_S = 300.0
+# A lock with no readable holder is being written (microseconds) or was left by a crash.
+UNREADABLE_STALE_AFTER_S = 10.0
+_UNREADABLE = "unreadable"
 # How long another rank waits for rank 0's lock to appear (torchrun and srun start all at once).
 WAIT_FOR_LOCK_S = 120.0
 
@@ -62,6 +66,8 @@ class LockHolder:
 
     def is_stale(self, heartbeat: float) -> bool:
         """Whether the holder is gone (see the module's docstring)."""
+        if self.run_id == _UNREADABLE:
+            return time.time() - heartbeat > UNREADABLE_STALE_AFTER_S
         job = os.environ.get("SLURM_JOB_ID")
         if job is not None and job == self.slurm_job:
             return self.slurm_restart != os.environ.get("SLURM_RESTART_COUNT", "0")
@@ -73,7 +79,8 @@ class LockHolder:
 def read_holder(output_dir: Path) -> tuple[LockHolder, float, str] | None:
     """The lock's holder, heartbeat time and text, or None without a lock.
 
-    A lock that cannot be parsed (a crash between creating and writing it) counts as stale.
+    A lock that cannot be parsed (a crash between creating and writing it) counts as stale
+    once it is UNREADABLE_STALE_AFTER_S old.
     """
     path = lock_path(output_dir)
     try:
@@ -88,7 +95,7 @@ def _parse_holder(text: str) -> LockHolder:
     try:
         return LockHolder(**json.loads(text))
     except (ValueError, TypeError):
-        return LockHolder("unknown", -1, "unknown", "unreadable")
+        return LockHolder("unknown", -1, "unknown", _UNREADABLE)
 
 
 def refuse_if_in_use(output_dir: Path) -> None:
