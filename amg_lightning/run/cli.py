@@ -103,6 +103,7 @@ def _predict(cfg: DictConfig, stopper: StopOnSignal) -> dict[str, Any] | None:
             log.info(f"resuming: {len(folder.done)} images already done in {output_dir}")
         datamodule.skip_keys = folder.done
         model = _load_model(cfg, checkpoint)
+        folder.record_identity(identity)
         writer = RleShardWriter(
             str(output_dir),
             shard_size=cfg.shard_size,

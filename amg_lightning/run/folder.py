@@ -64,6 +64,11 @@ class PreparedFolder:
     lock: RunLock | None
     done: set[tuple[str, str]] = field(default_factory=set)
 
+    def record_identity(self, identity: dict[str, Any]) -> None:
+        """Rank 0 writes run.json once the model has loaded (a failed start leaves no trace)."""
+        if self.lock is not None and not run_record_path(self.lock.path.parent).is_file():
+            write_json_atomically(run_record_path(self.lock.path.parent), identity)
+
     def release(self) -> None:
         if self.lock is not None:
             self.lock.release()
@@ -88,7 +93,7 @@ def prepare_output_dir(output_dir: Path, resume: bool, identity: dict[str, Any])
         raise ConfigError(f"output_dir {output_dir} cannot be written: {err.strerror}") from None
     prepared = PreparedFolder(lock)
     try:
-        check_or_record_identity(output_dir, identity)
+        check_identity(output_dir, identity)
         prepared.done = completed_samples(output_dir, move_damaged=True)
     except BaseException:
         prepared.release()
@@ -96,11 +101,10 @@ def prepare_output_dir(output_dir: Path, resume: bool, identity: dict[str, Any])
     return prepared
 
 
-def check_or_record_identity(output_dir: Path, identity: dict[str, Any]) -> None:
-    """Records `identity` in a new folder; refuses a folder made with different settings."""
+def check_identity(output_dir: Path, identity: dict[str, Any]) -> None:
+    """Refuses a folder whose run.json records other mask settings or another model."""
     path = run_record_path(output_dir)
     if not path.is_file():
-        write_json_atomically(path, identity)
         return
     recorded = json.loads(path.read_text())
     changes = [

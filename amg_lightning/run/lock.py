@@ -86,7 +86,7 @@ def read_holder(output_dir: Path) -> tuple[LockHolder, float, str] | None:
     try:
         heartbeat = path.stat().st_mtime
         text = path.read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
     return _parse_holder(text), heartbeat, text
 
