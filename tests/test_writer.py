@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from amg_lightning.results.run_folder import shard_paths
 from amg_lightning.results.shards import iter_results
 from amg_lightning.run.folder import completed_samples
 from amg_lightning.run.module import AmgModule
+from amg_lightning.run.stopping import StopOnSignal
 from amg_lightning.run.writer import RleShardWriter
 
 
@@ -248,3 +251,46 @@ def test_tiny_sam_end_to_end_writes_every_key_once(
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["images"], summary["errors"]) == (3, 2)
     assert summary["masks"] == sum(len(r["annotations"]) for r in results)
+
+
+class SignalAtBatch(lightning.Callback):
+    """Sends `signum` to this process when batch `at` starts, as a scheduler would."""
+
+    def __init__(self, signum: int, at: int) -> None:
+        self.signum = signum
+        self.at = at
+
+    def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        if batch_idx == self.at:
+            os.kill(os.getpid(), self.signum)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_stop_signal_ends_prediction_at_a_batch_boundary(
+    tmp_path: Path, inputs: tuple[str, list[str]], signum: int
+) -> None:
+    url, _ = inputs
+    out = tmp_path / "out"
+    stopper = StopOnSignal()
+    writer = RleShardWriter(str(out), shard_size=10, interrupted=lambda: stopper.signum is not None)
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    stopper.install()  # as the entry point does, before Lightning adds its own handlers
+    trainer = lightning.Trainer(
+        accelerator="cpu",
+        devices=1,
+        callbacks=[writer, stopper, SignalAtBatch(signum, at=1)],
+        logger=False,
+        enable_progress_bar=False,
+    )
+    data = WebDatasetDataModule(url, batch_size=2)
+    trainer.predict(ThresholdModule(), datamodule=data, return_predictions=False)
+    stopper.restore()
+
+    assert stopper.signum == signum
+    # Batch 1 had started when the signal came: it is finished, and no batch after it.
+    assert [r["image"]["key"] for r in iter_results(out)] == ["img0", "img1", "img2"]
+    assert json.loads((out / "errors-r000.jsonl").read_text())["key"] == "img3"
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["images"], summary["errors"], summary["interrupted"]) == (3, 1, True)
+    assert not list(out.glob("*.tmp"))
+    assert {s: signal.getsignal(s) for s in before} == before
