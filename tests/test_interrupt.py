@@ -91,16 +91,18 @@ def test_signal_stops_cleanly_then_resume_does_the_rest(
     assert resumed["images_already_done"] == done
 
 
-def test_ddp_sigterm_to_the_main_process_stops_both_ranks(
-    tmp_path: Path, inputs: tuple[Path, list[str]]
+@pytest.mark.parametrize("to_group", [False, True], ids=["main-process", "process-group"])
+def test_ddp_sigterm_stops_both_ranks(
+    tmp_path: Path, inputs: tuple[Path, list[str]], to_group: bool
 ) -> None:
-    """Lightning started rank 1; only the process the user started gets the signal."""
+    """Lightning started rank 1: with the signal to the main process alone, rank 0 passes it
+    on; sent to the group, each rank gets its own (and ignores rank 0's repeat)."""
     shards, keys = inputs
     out = tmp_path / "out"
     args = [*DDP, f"data.urls={shards}", f"output_dir={out}"]
     run = start(args, tmp_path)
     wait_until(lambda: len({p.name[:10] for p in shard_paths(out)}) == 2, TIMEOUT_S, run)
-    run.signal_process(signal.SIGTERM)
+    (run.signal_group if to_group else run.signal_process)(signal.SIGTERM)
 
     assert run.wait(TIMEOUT_S) == 128 + signal.SIGTERM, run.output
     assert "Traceback" not in run.output
