@@ -115,6 +115,28 @@ def test_ddp_sigterm_stops_both_ranks(
     resume_and_check(args, tmp_path, keys)
 
 
+def test_ddp_rank_that_finished_its_share_still_stops_the_others(tmp_path: Path) -> None:
+    """Rank 0 reads the small shard and waits for rank 1 at the end; the signal to the main
+    process still reaches rank 1 within seconds, not after its whole share."""
+    keys = write_jpeg_shards(tmp_path / "shards", [2, 150])
+    out = tmp_path / "out"
+    args = [*DDP, f"data.urls={tmp_path / 'shards'}", f"output_dir={out}"]
+    run = start(args, tmp_path)
+
+    def rank_0_waits_and_rank_1_writes() -> bool:
+        return (out / "counts-r000.json").exists() and bool(list(out.glob("masks-r001-*")))
+
+    wait_until(rank_0_waits_and_rank_1_writes, TIMEOUT_S, run)
+    run.signal_process(signal.SIGTERM)
+
+    assert run.wait(TIMEOUT_S) == 128 + signal.SIGTERM, run.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["interrupted"] is True and summary["images"] < len(keys)
+    assert json.loads((out / "counts-r000.json").read_text())["interrupted"] is False
+    assert json.loads((out / "counts-r001.json").read_text())["interrupted"] is True
+    resume_and_check(args, tmp_path, keys)
+
+
 def test_kill_during_a_shard_write_leaves_only_complete_shards(
     tmp_path: Path, inputs: tuple[Path, list[str]]
 ) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import lightning
+import torch
 import webdataset as wds
 from lightning.pytorch.callbacks import BasePredictionWriter
 
@@ -117,7 +118,7 @@ class RleShardWriter(BasePredictionWriter):
         wall_seconds = time.perf_counter() - self._started
         counts = {**self._counts, "wall_seconds": wall_seconds, "interrupted": self.interrupted()}
         counts_path(self.output_dir, self.rank).write_text(json.dumps(counts))
-        trainer.strategy.barrier("rle_shard_writer_summary")
+        _wait_for_every_rank(trainer)
         if trainer.is_global_zero:
             self._write_summary(trainer.world_size)
 
@@ -187,6 +188,18 @@ class RleShardWriter(BasePredictionWriter):
             "config": self.config,
         }
         write_summary(self.output_dir, summary)
+
+
+def _wait_for_every_rank(trainer: lightning.Trainer) -> None:
+    """The strategy's barrier, but waited for in Python: a rank that has finished its share
+    still handles a stop signal meanwhile (and rank 0 passes it on to the others)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        trainer.strategy.barrier("rle_shard_writer_summary")
+        return
+    arrived = torch.distributed.barrier(async_op=True)
+    while not arrived.is_completed():
+        time.sleep(0.05)
+    arrived.wait()
 
 
 def _fsync_folder(folder: Path) -> None:
