@@ -112,10 +112,13 @@ def _predict(cfg: DictConfig, stopper: StopOnSignal) -> dict[str, Any] | None:
         )
         trainer = instantiate(cfg.trainer, callbacks=[writer, stopper, ThroughputProgressBar()])
         trainer.predict(model, datamodule=datamodule, return_predictions=False)
-        summary = None
-        if trainer.is_global_zero:
-            summary = _finish_summary(cfg, output_dir, folder, identity, model)
-        if stopper.signum is not None or (summary or {}).get("interrupted"):
+        stopper.restore()  # the shards are final: a signal from here on ends the process as usual
+        if not trainer.is_global_zero:
+            if stopper.signum is not None:
+                raise RunInterrupted(stopper.signum, None)
+            return None
+        summary = _finish_summary(cfg, output_dir, folder, identity, model)
+        if summary["interrupted"]:  # on any rank
             raise RunInterrupted(stopper.signum, summary)
         return summary
     finally:
