@@ -137,9 +137,11 @@ def test_corrupt_tar_is_one_error_record(tmp_path: Path) -> None:
     assert batch["error"][1:] == [None, None]
 
 
-def test_skip_keys_are_left_out(tmp_path: Path) -> None:
-    _, keys = write_image_shards(tmp_path, [3, 2])
-    module = WebDatasetDataModule(str(tmp_path), batch_size=10, skip_keys={"s0-img1", "s1-img0"})
+def test_skip_keys_are_left_out_by_url_and_key(tmp_path: Path) -> None:
+    urls, keys = write_image_shards(tmp_path, [3, 2])
+    # s1-img1 of the first shard does not exist: a key alone must not skip shard 1's sample.
+    done = {(urls[0], "s0-img1"), (urls[1], "s1-img0"), (urls[0], "s1-img1")}
+    module = WebDatasetDataModule(str(tmp_path), batch_size=10, skip_keys=done)
     (batch,) = list(module.predict_dataloader())
     assert batch["key"] == ["s0-img0", "s0-img2", "s1-img1"]
     assert set(keys) - set(batch["key"]) == {"s0-img1", "s1-img0"}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +19,10 @@ from pycocotools import mask as mask_utils
 from amg_lightning.data.datamodule import WebDatasetDataModule
 from amg_lightning.results.run_folder import shard_paths
 from amg_lightning.results.shards import iter_results
+from amg_lightning.run.folder import completed_samples
 from amg_lightning.run.module import AmgModule
-from amg_lightning.run.writer import RleShardWriter, completed_keys
+from amg_lightning.run.stopping import StopOnSignal
+from amg_lightning.run.writer import RleShardWriter
 
 
 def coco_rle_record(mask: np.ndarray) -> dict[str, Any]:
@@ -95,7 +99,7 @@ def predict(
     urls: str | list[str],
     writer: RleShardWriter,
     fail_at_batch: int | None = None,
-    skip_keys: set[str] | frozenset[str] = frozenset(),
+    skip_keys: set[tuple[str, str]] | frozenset[tuple[str, str]] = frozenset(),
 ) -> None:
     trainer = lightning.Trainer(
         accelerator="cpu", devices=1, callbacks=[writer], logger=False, enable_progress_bar=False
@@ -123,7 +127,7 @@ def test_shards_rotate_and_hold_each_image(tmp_path: Path, inputs: tuple[str, li
     assert first["image"] == {"key": "img0", "url": url, "height": 6, "width": 8}
     bright = mask_utils.decode(first["annotations"][0]["segmentation"])
     np.testing.assert_array_equal(bright, np.repeat([[1], [1], [1], [0], [0], [0]], 8, axis=1))
-    assert completed_keys(out) == set(good_keys)
+    assert completed_samples(out, move_damaged=False) == {(url, key) for key in good_keys}
 
 
 def test_errors_file_and_summary(tmp_path: Path, inputs: tuple[str, list[str]]) -> None:
@@ -162,11 +166,11 @@ def test_leftover_unfinished_shard_is_removed_and_redone(
     leftover = out / "masks-r000-000000.tar.tmp"
     with wds.TarWriter(str(leftover)) as killed:
         killed.write({"__key__": "img0", "json": {"image": {"key": "img0"}, "annotations": []}})
-    assert completed_keys(out) == set()
+    assert completed_samples(out, move_damaged=False) == set()
     predict(url, RleShardWriter(str(out), shard_size=10))
     assert not leftover.exists()
     assert [p.name for p in shard_paths(out)] == ["masks-r000-000000.tar"]
-    assert completed_keys(out) == set(keys) - {"img3"}
+    assert completed_samples(out, move_damaged=False) == {(url, k) for k in keys if k != "img3"}
 
 
 def test_interrupted_run_keeps_finished_images_and_resume_does_the_rest(
@@ -176,8 +180,9 @@ def test_interrupted_run_keeps_finished_images_and_resume_does_the_rest(
     out = tmp_path / "out"
     with pytest.raises(RuntimeError, match="interrupted"):
         predict(url, RleShardWriter(str(out), shard_size=10), fail_at_batch=2)
-    done = completed_keys(out)
-    assert done == {"img0", "img1", "img2"}  # img3 failed to decode: an error, not a result
+    done = completed_samples(out, move_damaged=False)
+    # img3 failed to decode: an error, not a result.
+    assert done == {(url, "img0"), (url, "img1"), (url, "img2")}
     assert not list(out.glob("*.tmp"))
     predict(url, RleShardWriter(str(out), shard_size=3), skip_keys=done)
     written = [r["image"]["key"] for r in iter_results(out)]
@@ -246,3 +251,46 @@ def test_tiny_sam_end_to_end_writes_every_key_once(
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["images"], summary["errors"]) == (3, 2)
     assert summary["masks"] == sum(len(r["annotations"]) for r in results)
+
+
+class SignalAtBatch(lightning.Callback):
+    """Sends `signum` to this process when batch `at` starts, as a scheduler would."""
+
+    def __init__(self, signum: int, at: int) -> None:
+        self.signum = signum
+        self.at = at
+
+    def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        if batch_idx == self.at:
+            os.kill(os.getpid(), self.signum)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_stop_signal_ends_prediction_at_a_batch_boundary(
+    tmp_path: Path, inputs: tuple[str, list[str]], signum: int
+) -> None:
+    url, _ = inputs
+    out = tmp_path / "out"
+    stopper = StopOnSignal()
+    writer = RleShardWriter(str(out), shard_size=10, interrupted=lambda: stopper.signum is not None)
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    stopper.install()  # as the entry point does, before Lightning adds its own handlers
+    trainer = lightning.Trainer(
+        accelerator="cpu",
+        devices=1,
+        callbacks=[writer, stopper, SignalAtBatch(signum, at=1)],
+        logger=False,
+        enable_progress_bar=False,
+    )
+    data = WebDatasetDataModule(url, batch_size=2)
+    trainer.predict(ThresholdModule(), datamodule=data, return_predictions=False)
+    stopper.restore()
+
+    assert stopper.signum == signum
+    # Batch 1 had started when the signal came: it is finished, and no batch after it.
+    assert [r["image"]["key"] for r in iter_results(out)] == ["img0", "img1", "img2"]
+    assert json.loads((out / "errors-r000.jsonl").read_text())["key"] == "img3"
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["images"], summary["errors"], summary["interrupted"]) == (3, 1, True)
+    assert not list(out.glob("*.tmp"))
+    assert {s: signal.getsignal(s) for s in before} == before

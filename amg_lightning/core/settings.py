@@ -50,6 +50,8 @@ class AmgSettings:
 
 
 SETTING_NAMES = tuple(f.name for f in fields(AmgSettings))
+# The settings that bound memory and never change the masks (see AmgSettings).
+MEMORY_SETTING_NAMES = ("points_per_batch", "upscale_budget_mb", "crops_per_batch")
 
 
 def _check_range(

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from amg_lightning.data.decode import IMAGE_EXTENSIONS, decode_image
+from amg_lightning.utils.signals import ignore_stop_signals
 
 Batch = dict[str, list[Any]]
 BATCH_FIELDS = ("key", "url", "image", "error")
@@ -115,10 +116,15 @@ def collate_records(records: list[dict[str, Any]]) -> Batch:
 
 
 class ShardSamples(IterableDataset):
-    """Decoded samples of this reader's share of the shards, skipping `skip_keys`."""
+    """Decoded samples of this reader's share of the shards, skipping the (url, key) pairs
+    in `skip_keys` (samples a resumed run has already done)."""
 
     def __init__(
-        self, urls: Sequence[str], rank: int, world_size: int, skip_keys: Collection[str]
+        self,
+        urls: Sequence[str],
+        rank: int,
+        world_size: int,
+        skip_keys: Collection[tuple[str, str]],
     ) -> None:
         super().__init__()
         self.urls = list(urls)
@@ -131,7 +137,7 @@ class ShardSamples(IterableDataset):
         index = 0
         for url in split.urls:
             for sample in read_shard(url):
-                keep = split.keeps(index) and sample["__key__"] not in self.skip_keys
+                keep = split.keeps(index) and (url, sample["__key__"]) not in self.skip_keys
                 index += 1
                 if keep:
                     yield decode_sample(sample)
@@ -153,7 +159,7 @@ class WebDatasetDataModule(lightning.LightningDataModule):
         batch_size: int = 1,
         num_workers: int = 0,
         pin_memory: bool = False,
-        skip_keys: Collection[str] = (),
+        skip_keys: Collection[tuple[str, str]] = (),
     ) -> None:
         super().__init__()
         self.shard_urls = resolve_urls(urls)
@@ -178,4 +184,5 @@ class WebDatasetDataModule(lightning.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             collate_fn=collate_records,
+            worker_init_fn=ignore_stop_signals,
         )

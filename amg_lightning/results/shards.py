@@ -12,15 +12,35 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from webdataset.tariterators import base_plus_ext, tar_file_iterator
+from webdataset.tariterators import tar_file_iterator
 
 from amg_lightning.results.run_folder import shard_paths
 
+# tarfile ends an archive with two zero blocks; a shard cut short anywhere lacks them.
+_END_OF_ARCHIVE = bytes(2 * tarfile.BLOCKSIZE)
 
-def shard_keys(path: Path) -> list[str]:
-    """The sample keys in one shard, from member names only (no data is parsed)."""
-    with tarfile.open(path) as shard:
-        return [base_plus_ext(name)[0] for name in shard.getnames()]
+
+def shard_samples(path: Path) -> list[tuple[str, str]]:
+    """The (url, key) of every sample in one result shard, from the records' `image` field.
+
+    Raises ValueError naming the shard when it does not read back completely: a member cut
+    short, a record that is not json, or no end-of-archive marker (a shard cut at a member
+    boundary).
+    """
+    try:
+        with path.open("rb") as stream:
+            stream.seek(max(path.stat().st_size - len(_END_OF_ARCHIVE), 0))
+            if stream.read() != _END_OF_ARCHIVE:
+                raise ValueError("no end-of-archive marker")
+        with tarfile.open(path) as shard:
+            samples = []
+            for member in shard:
+                if member.name.endswith(".json"):
+                    image = json.loads(shard.extractfile(member).read())["image"]
+                    samples.append((image["url"], image["key"]))
+            return samples
+    except (OSError, tarfile.TarError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"shard {path} does not read back: {error}") from None
 
 
 def iter_results(paths_or_dir: str | Path | Iterable[str | Path]) -> Iterator[dict[str, Any]]:

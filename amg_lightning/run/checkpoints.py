@@ -225,6 +225,14 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def checkpoint_sha256(path: Path) -> str:
+    """A checkpoint's sha256: from the marker a verified download left, else hashed."""
+    marker = _read_marker(path)
+    if marker is not None and marker[1] == path.stat().st_size:
+        return marker[0]
+    return file_sha256(path)
+
+
 def _marker_path(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 

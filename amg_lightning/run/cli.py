@@ -21,28 +21,30 @@ from amg_lightning.core.embedding_cache import EmbeddingCache
 from amg_lightning.core.models import CheckpointError
 from amg_lightning.results.run_folder import update_summary
 from amg_lightning.run.checkpoints import resolve_checkpoint
-from amg_lightning.run.config import ConfigError, check_config, generator_settings
+from amg_lightning.run.config import (
+    CONFIG_DIR,
+    ConfigError,
+    check_config,
+    generator_settings,
+    with_flags_parsed,
+)
+from amg_lightning.run.folder import PreparedFolder, prepare_output_dir, run_identity
 from amg_lightning.run.progress import ThroughputProgressBar
-from amg_lightning.run.writer import RleShardWriter, completed_keys
+from amg_lightning.run.stopping import RunInterrupted, StopOnSignal
+from amg_lightning.run.writer import RleShardWriter
 from amg_lightning.utils.allocator import keep_freed_memory
 from amg_lightning.utils.logging import get_logger
 
-
-def _config_dir() -> Path:
-    """conf/ of the checkout this module is in, else the copy installed with the package."""
-    checkout = Path(__file__).resolve().parents[2] / "conf"
-    if (checkout / "predict.yaml").is_file():
-        return checkout
-    return Path(__file__).resolve().parents[1] / "conf"
-
-
-CONFIG_DIR = _config_dir()
+__all__ = ["CONFIG_DIR", "main", "predict"]
 log = get_logger(__name__)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="predict")
 def main(cfg: DictConfig) -> None:
-    """Entry point; a mistake in the config or inputs ends with one line and exit code 2."""
+    """Entry point; a mistake in the config or inputs ends with one line and exit code 2.
+
+    A run stopped by SIGTERM or SIGINT ends with one line and 128 + the signal's number.
+    """
     # Batches stay on the host on purpose (crops are cut there), and the writer needs no
     # batch indices: Lightning's warnings about both would only confuse.
     warnings.filterwarnings("ignore", message=".*transfer_batch_to_device.*")
@@ -59,6 +61,11 @@ def main(cfg: DictConfig) -> None:
         # One line, even where the cause (torch.load's, say) spans several.
         log.error(f"error: {' '.join(str(err).split())}")
         sys.exit(2)
+    except RunInterrupted as stopped:
+        if stopped.summary is not None:  # global rank 0
+            handled = stopped.summary["images"] + stopped.summary["errors"]
+            log.warning(f"interrupted after {handled} images; rerun with resume=true")
+        sys.exit(stopped.exit_code)
 
 
 def _drop_advertisements(record: logging.LogRecord) -> bool:
@@ -67,13 +74,60 @@ def _drop_advertisements(record: logging.LogRecord) -> bool:
 
 
 def predict(cfg: DictConfig) -> dict[str, Any] | None:
-    """Runs the prediction; returns the summary on global rank 0 (None on other ranks)."""
+    """Runs the prediction; returns the summary on global rank 0 (None on other ranks).
+
+    Raises RunInterrupted, after the summary is written, when a signal stopped the run.
+    """
+    cfg = with_flags_parsed(cfg)
+    stopper = StopOnSignal()
+    stopper.install()  # from the start: a signal while the model loads also ends cleanly
+    try:
+        return _predict(cfg, stopper)
+    finally:
+        stopper.restore()
+
+
+def _predict(cfg: DictConfig, stopper: StopOnSignal) -> dict[str, Any] | None:
     if cfg.keep_freed_memory:
         keep_freed_memory()
     output_dir = Path(cfg.output_dir)
-    checkpoint = resolve_checkpoint(cfg.model.model_type, cfg.model.checkpoint)
     try:
-        model = instantiate(
+        datamodule = instantiate(cfg.data)  # resolves data.urls, once
+    except InstantiationException as err:
+        raise ConfigError(f"{err.__cause__}; make shards with amg-shards") from None
+    checkpoint = resolve_checkpoint(cfg.model.model_type, cfg.model.checkpoint)
+    identity = run_identity(cfg, checkpoint)
+    folder = prepare_output_dir(output_dir, cfg.resume, identity)
+    try:
+        if folder.done:
+            log.info(f"resuming: {len(folder.done)} images already done in {output_dir}")
+        datamodule.skip_keys = folder.done
+        model = _load_model(cfg, checkpoint)
+        folder.record_identity(identity)
+        writer = RleShardWriter(
+            str(output_dir),
+            shard_size=cfg.shard_size,
+            config=_recorded_config(cfg),
+            interrupted=lambda: stopper.signum is not None,
+        )
+        trainer = instantiate(cfg.trainer, callbacks=[writer, stopper, ThroughputProgressBar()])
+        trainer.predict(model, datamodule=datamodule, return_predictions=False)
+        stopper.restore()  # the shards are final: a signal from here on ends the process as usual
+        if not trainer.is_global_zero:
+            if stopper.signum is not None:
+                raise RunInterrupted(stopper.signum, None)
+            return None
+        summary = _finish_summary(cfg, output_dir, folder, identity, model)
+        if summary["interrupted"]:  # on any rank
+            raise RunInterrupted(stopper.signum, summary)
+        return summary
+    finally:
+        folder.release()
+
+
+def _load_model(cfg: DictConfig, checkpoint: Path | None) -> Any:
+    try:
+        return instantiate(
             cfg.model,
             checkpoint=str(checkpoint) if checkpoint else None,
             settings=generator_settings(cfg),
@@ -86,35 +140,37 @@ def predict(cfg: DictConfig) -> dict[str, Any] | None:
         if isinstance(err.__cause__, CheckpointError):
             raise err.__cause__ from None
         raise
-    done = completed_keys(output_dir) if cfg.resume else set()
-    if done:
-        log.info(f"resuming: {len(done)} images already done in {output_dir}")
-    datamodule = instantiate(cfg.data, skip_keys=done)
-    # Hydra's own node is there when the config comes from compose(return_hydra_config=True).
+
+
+def _recorded_config(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config for summary.json, without Hydra's own node (which is there when
+    the config comes from compose(return_hydra_config=True))."""
     recorded = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
-    config = OmegaConf.to_container(recorded, resolve=True)
-    writer = RleShardWriter(str(output_dir), shard_size=cfg.shard_size, config=config)
-    trainer = instantiate(cfg.trainer, callbacks=[writer, ThroughputProgressBar()])
-    trainer.predict(model, datamodule=datamodule, return_predictions=False)
-    if not trainer.is_global_zero:
-        return None
-    return _finish_summary(cfg, output_dir, len(done), model.generator.embedding_cache)
+    return OmegaConf.to_container(recorded, resolve=True)
 
 
 def _finish_summary(
-    cfg: DictConfig, output_dir: Path, already_done: int, cache: EmbeddingCache | None
+    cfg: DictConfig,
+    output_dir: Path,
+    folder: PreparedFolder,
+    identity: dict[str, Any],
+    model: Any,
 ) -> dict[str, Any]:
-    """Adds what a resumed run skipped, encoder time saved and evaluation scores, and logs the
-    one-line summary. The counts are this run's; `images_already_done` were in complete shards.
+    """Adds what a resumed run skipped, what made the masks (`run`), encoder time saved and
+    evaluation scores, and logs the one-line summary. The counts are this run's;
+    `images_already_done` were in complete shards.
     """
-    fields: dict[str, Any] = {"images_already_done": already_done}
+    fields: dict[str, Any] = {"images_already_done": len(folder.done), "run": identity}
+    cache: EmbeddingCache | None = model.generator.embedding_cache
     if cache is not None:  # rank 0's own lookups: the sweep report's time saved
         fields["encoder_seconds_saved"] = round(cache.seconds_saved, 3)
+    summary = update_summary(output_dir, **fields)
+    if summary["interrupted"]:
+        return summary
     if cfg.eval.gt:
         from amg_lightning.results.evaluation import evaluate_output_dir
 
-        fields["eval"] = evaluate_output_dir(output_dir, cfg.eval.gt)
-    summary = update_summary(output_dir, **fields)
+        summary = update_summary(output_dir, eval=evaluate_output_dir(output_dir, cfg.eval.gt))
     scores = "".join(
         f", {k} {v:.3f}" for k, v in summary.get("eval", {}).items() if k in ("AR@100", "AP")
     )

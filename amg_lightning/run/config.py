@@ -1,4 +1,8 @@
-"""Checking a prediction config before any model loads: one message naming the key at fault."""
+"""Checking a prediction config before any model loads: one message naming the key at fault.
+
+`check_config` only reads: it creates, writes and deletes nothing (the output folder is
+checked where the run starts, in `run.folder`).
+"""
 
 from __future__ import annotations
 
@@ -10,12 +14,34 @@ from omegaconf import DictConfig, OmegaConf
 
 from amg_lightning.core.models import MODEL_TYPES
 from amg_lightning.core.settings import SETTING_NAMES, AmgSettings
-from amg_lightning.data.datamodule import resolve_urls
-from amg_lightning.results.run_folder import shard_paths
+from amg_lightning.results.run_folder import SHARD_OUTPUT_MODE
+
+
+def _config_dir() -> Path:
+    """conf/ of the checkout this module is in, else the copy installed with the package."""
+    checkout = Path(__file__).resolve().parents[2] / "conf"
+    if (checkout / "predict.yaml").is_file():
+        return checkout
+    return Path(__file__).resolve().parents[1] / "conf"
+
+
+CONFIG_DIR = _config_dir()
+# Settings that are switches: true/false, yes/no or 1/0, nothing else.
+FLAG_NAMES = ("resume", "fast", "keep_freed_memory")
+_FLAG_VALUES = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 
 
 class ConfigError(ValueError):
     """A config value or input that cannot work; the message says which and what to do."""
+
+
+def known_keys() -> set[str]:
+    """The top-level keys predict.yaml defines: its own, its config groups, and hydra."""
+    primary = OmegaConf.load(CONFIG_DIR / "predict.yaml")
+    groups = {
+        next(iter(entry)) for entry in primary.get("defaults", []) if OmegaConf.is_dict(entry)
+    }
+    return {key for key in primary if key != "defaults"} | groups | {"hydra"}
 
 
 def generator_settings(cfg: DictConfig) -> dict[str, Any]:
@@ -23,17 +49,43 @@ def generator_settings(cfg: DictConfig) -> dict[str, Any]:
     return {name: cfg[name] for name in SETTING_NAMES if name in cfg}
 
 
+def parse_flag(name: str, value: Any) -> bool:
+    """A switch's value as a bool; ConfigError for anything but true/false, yes/no, 1/0."""
+    if isinstance(value, bool):
+        return value
+    parsed = _FLAG_VALUES.get(str(value).strip().lower())
+    if parsed is None or isinstance(value, float):
+        raise ConfigError(f"{name} must be true or false (yes/no, 1/0), got {value!r}")
+    return parsed
+
+
+def with_flags_parsed(cfg: DictConfig) -> DictConfig:
+    """A copy of `cfg` whose switches are bools (after check_config has accepted them)."""
+    copy = cfg.copy()
+    for name in FLAG_NAMES:
+        copy[name] = parse_flag(name, cfg[name])
+    return copy
+
+
 def check_config(cfg: DictConfig) -> None:
     """Raises ConfigError for the first problem found, before anything expensive happens."""
+    unknown = sorted(set(cfg) - known_keys())
+    if unknown:
+        raise ConfigError(
+            f"unknown setting {', '.join(unknown)}: see conf/predict.yaml for the settings"
+        )
+    for name in FLAG_NAMES:
+        parse_flag(name, cfg[name])
     try:
         AmgSettings(**generator_settings(cfg))
     except (TypeError, ValueError) as err:
         raise ConfigError(str(err)) from None
-    if cfg.output_mode != "coco_rle":
+    if cfg.output_mode != SHARD_OUTPUT_MODE:
         raise ConfigError(
-            "output_mode must be coco_rle for prediction shards; "
+            f"output_mode must be {SHARD_OUTPUT_MODE} for prediction shards; "
             "amg-export turns them into PNG masks or a COCO json"
         )
+    _check_integer("shard_size", cfg.shard_size, 1)
     if cfg.model.model_type not in MODEL_TYPES:
         raise ConfigError(
             f"model.model_type must be one of {', '.join(MODEL_TYPES)}, "
@@ -43,43 +95,26 @@ def check_config(cfg: DictConfig) -> None:
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise ConfigError(f"model.checkpoint {checkpoint} is not a file")
     _check_data(cfg.data)
-    _check_output_dir(Path(cfg.output_dir), cfg.resume)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _output_dir_is_fixed():
         raise ConfigError(
             "processes started by torchrun or SLURM must share one output_dir: pass output_dir=PATH"
         )
 
 
+def _check_integer(name: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
 def _check_data(data: DictConfig) -> None:
+    """The data keys that can be judged without reading anything (urls resolve in the
+    DataModule, once)."""
     if OmegaConf.is_missing(data, "urls"):
         raise ConfigError(
             "data.urls is required: a shard pattern, a list, or a folder of .tar shards"
         )
-    try:
-        resolve_urls(
-            OmegaConf.to_object(data.urls) if OmegaConf.is_config(data.urls) else data.urls
-        )
-    except ValueError as err:
-        raise ConfigError(f"{err}; make shards with amg-shards") from None
-    for key, low in (("batch_size", 1), ("num_workers", 0)):
-        value = data[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ConfigError(f"data.{key} must be an integer >= {low}, got {value!r}")
-
-
-def _check_output_dir(output_dir: Path, resume: bool) -> None:
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        probe = output_dir / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise ConfigError(f"output_dir {output_dir} cannot be written: {err.strerror}") from None
-    if not resume and shard_paths(output_dir):
-        raise ConfigError(
-            f"output_dir {output_dir} already holds results: "
-            "pass resume=true to continue them, or choose another output_dir"
-        )
+    _check_integer("data.batch_size", data.batch_size, 1)
+    _check_integer("data.num_workers", data.num_workers, 0)
 
 
 def _output_dir_is_fixed() -> bool:

@@ -11,6 +11,7 @@ import torch
 from amg_lightning.core.embedding_cache import EmbeddingCache
 from amg_lightning.core.generator import AutomaticMaskGenerator
 from amg_lightning.core.models import build_sam
+from amg_lightning.results.run_folder import SHARD_OUTPUT_MODE
 
 
 class AmgModule(L.LightningModule):
@@ -42,7 +43,7 @@ class AmgModule(L.LightningModule):
             fast=fast,
             embedding_cache=cache,
             model_id=_model_id(model_type, checkpoint),
-            **{**(settings or {}), "output_mode": "coco_rle"},
+            **{**(settings or {}), "output_mode": SHARD_OUTPUT_MODE},
         )
 
     def transfer_batch_to_device(

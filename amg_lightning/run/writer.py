@@ -1,59 +1,65 @@
 """Streams predictions to WebDataset shards of COCO-RLE masks, one set of shards per rank.
 
-Shards are written as `*.tar.tmp` and renamed when complete, so a killed run leaves only
-complete shards behind; `completed_keys` lists their images so a resumed run can skip them.
+A shard is written as `*.tar.tmp`, flushed to disk and only then renamed, so a final-named
+shard is always complete, whatever kills the run; `run.resume` reads them back.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import lightning
+import torch
 import webdataset as wds
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from amg_lightning.results.run_folder import (
     RANK_FILE,
     counts_path,
+    error_paths,
     errors_path,
     shard_name,
     shard_paths,
     shard_rank_and_number,
-    summary_path,
     unfinished_path,
-    write_json_atomically,
+    unfinished_shard_paths,
+    write_summary,
 )
-from amg_lightning.results.shards import shard_keys
 
 COUNT_NAMES = ("images", "masks", "errors")
-
-
-def completed_keys(output_dir: str | Path) -> set[str]:
-    """Keys of the images in the complete shards of `output_dir` (empty if it does not exist)."""
-    return {key for path in shard_paths(output_dir) for key in shard_keys(path)}
 
 
 class RleShardWriter(BasePredictionWriter):
     """Writes each batch's results as they come; nothing is kept in memory.
 
     Successful images go to `masks-r{rank:03d}-{n:06d}.tar`, `shard_size` per shard;
-    failed ones to `errors-r{rank:03d}.jsonl`. Rank 0 writes `summary.json` at the end.
+    failed ones to `errors-r{rank:03d}.jsonl`. Rank 0 writes `summary.json` at the end, with
+    `"interrupted": true` when any rank was stopped early (`interrupted()` says so per rank).
     """
 
-    def __init__(self, output_dir: str, shard_size: int = 1000, config: dict | None = None) -> None:
+    def __init__(
+        self,
+        output_dir: str,
+        shard_size: int = 1000,
+        config: dict | None = None,
+        interrupted: Callable[[], bool] = lambda: False,
+    ) -> None:
         super().__init__(write_interval="batch")
         if shard_size < 1:
             raise ValueError(f"shard_size must be >= 1, got {shard_size}")
         self.output_dir = Path(output_dir)
         self.shard_size = shard_size
         self.config = config or {}
+        self.interrupted = interrupted
         self.rank = 0
         self._next_number = 0
         self._shard: wds.TarWriter | None = None
+        self._stream: BinaryIO | None = None
         self._shard_path: Path | None = None
         self._shard_images = 0
         self._counts = dict.fromkeys(COUNT_NAMES, 0)
@@ -79,9 +85,10 @@ class RleShardWriter(BasePredictionWriter):
         """A killed run's unfinished shards and an earlier run's error records, for this rank.
 
         Their images are not in complete shards, so this run does them again and records them
-        anew. Files of ranks an earlier, larger run had are cleared by rank % world_size.
+        anew (a folder holding them is only accepted with resume=true). Files of ranks an
+        earlier, larger run had are cleared by rank % world_size.
         """
-        candidates = [*self.output_dir.glob("masks-r*.tar.tmp"), *self.output_dir.glob("errors-r*")]
+        candidates = [*unfinished_shard_paths(self.output_dir), *error_paths(self.output_dir)]
         return [
             path
             for path in candidates
@@ -109,9 +116,9 @@ class RleShardWriter(BasePredictionWriter):
     ) -> None:
         self._finish_shard()
         wall_seconds = time.perf_counter() - self._started
-        counts = {**self._counts, "wall_seconds": wall_seconds}
+        counts = {**self._counts, "wall_seconds": wall_seconds, "interrupted": self.interrupted()}
         counts_path(self.output_dir, self.rank).write_text(json.dumps(counts))
-        trainer.strategy.barrier("rle_shard_writer_summary")
+        _wait_for_every_rank(trainer)
         if trainer.is_global_zero:
             self._write_summary(trainer.world_size)
 
@@ -124,12 +131,16 @@ class RleShardWriter(BasePredictionWriter):
         # Images already written are complete records; keep them rather than redo them.
         self._finish_shard()
 
+    @staticmethod
+    def _record(result: dict[str, Any]) -> dict[str, Any]:
+        """The json an image's shard sample holds; `image` identifies it (url and key)."""
+        image = {name: result[name] for name in ("key", "url", "height", "width")}
+        return {"image": image, "annotations": result["annotations"]}
+
     def _write_image(self, result: dict[str, Any]) -> None:
         if self._shard is None:
             self._open_shard()
-        image = {name: result[name] for name in ("key", "url", "height", "width")}
-        sample = {"image": image, "annotations": result["annotations"]}
-        self._shard.write({"__key__": result["key"], "json": sample})
+        self._shard.write({"__key__": result["key"], "json": self._record(result)})
         self._counts["images"] += 1
         self._counts["masks"] += len(result["annotations"])
         self._shard_images += 1
@@ -144,17 +155,22 @@ class RleShardWriter(BasePredictionWriter):
 
     def _open_shard(self) -> None:
         self._shard_path = self.output_dir / shard_name(self.rank, self._next_number)
-        self._shard = wds.TarWriter(str(unfinished_path(self._shard_path)))
+        self._stream = unfinished_path(self._shard_path).open("wb")
+        self._shard = wds.TarWriter(self._stream)
         self._next_number += 1
         self._shard_images = 0
 
     def _finish_shard(self) -> None:
-        """Close the open shard and give it its final name, so it counts as complete."""
+        """Close the open shard, flush it to disk, and only then give it its final name."""
         if self._shard is None:
             return
-        self._shard.close()
-        unfinished_path(self._shard_path).rename(self._shard_path)
-        self._shard = None
+        self._shard.close()  # writes tar's end-of-archive blocks; the stream stays ours
+        self._stream.flush()
+        os.fsync(self._stream.fileno())
+        self._stream.close()
+        unfinished_path(self._shard_path).replace(self._shard_path)
+        _fsync_folder(self.output_dir)
+        self._shard = self._stream = None
 
     def _write_summary(self, world_size: int) -> None:
         """Totals over this run's ranks, from the counts file each rank wrote."""
@@ -165,9 +181,34 @@ class RleShardWriter(BasePredictionWriter):
         wall_seconds = max(counts["wall_seconds"] for counts in per_rank)
         summary = {
             **totals,
+            "interrupted": any(counts["interrupted"] for counts in per_rank),
             "wall_seconds": wall_seconds,
             "images_per_second": totals["images"] / wall_seconds if wall_seconds else 0.0,
             "masks_per_second": totals["masks"] / wall_seconds if wall_seconds else 0.0,
             "config": self.config,
         }
-        write_json_atomically(summary_path(self.output_dir), summary)
+        write_summary(self.output_dir, summary)
+
+
+def _wait_for_every_rank(trainer: lightning.Trainer) -> None:
+    """The strategy's barrier, but waited for in Python: a rank that has finished its share
+    still handles a stop signal meanwhile (and rank 0 passes it on to the others)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        trainer.strategy.barrier("rle_shard_writer_summary")
+        return
+    arrived = torch.distributed.barrier(async_op=True)
+    while not arrived.is_completed():
+        time.sleep(0.05)
+    arrived.wait()
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Makes a rename in `folder` durable (where the platform allows opening a folder)."""
+    try:
+        handle = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)

@@ -1,0 +1,93 @@
+"""Runs of `predict.py` to interrupt: many small images, a process to signal, folder polling."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import webdataset as wds
+from PIL import Image
+
+from amg_lightning.results.shards import iter_results
+from tests.helpers.predict import PREDICT
+
+
+def jpeg(seed: int, size: tuple[int, int] = (48, 40)) -> bytes:
+    """Smooth random colour blobs as JPEG bytes."""
+    rng = np.random.default_rng(seed)
+    blobs = Image.fromarray(rng.integers(0, 255, size=(6, 8, 3), dtype=np.uint8))
+    data = io.BytesIO()
+    blobs.resize(size, Image.BICUBIC).save(data, "JPEG")
+    return data.getvalue()
+
+
+def write_jpeg_shards(folder: Path, sizes: list[int], prefix: str = "img") -> list[str]:
+    """Shards `in-000000.tar`, ... of `sizes` images each; returns every key."""
+    folder.mkdir(parents=True, exist_ok=True)
+    keys: list[str] = []
+    for number, size in enumerate(sizes):
+        with wds.TarWriter(str(folder / f"in-{number:06d}.tar")) as shard:
+            for _ in range(size):
+                keys.append(f"{prefix}{len(keys):04d}")
+                shard.write({"__key__": keys[-1], "jpg": jpeg(len(keys))})
+    return keys
+
+
+class PredictProcess:
+    """`python predict.py ARGS` in its own process group, its output in files."""
+
+    def __init__(self, args: list[str], cwd: Path, name: str = "run") -> None:
+        self.stdout_path = cwd / f"{name}.stdout"
+        self.stderr_path = cwd / f"{name}.stderr"
+        env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+        env["OMP_NUM_THREADS"] = "1"
+        with self.stdout_path.open("w") as out, self.stderr_path.open("w") as err:
+            self.process = subprocess.Popen(
+                [sys.executable, str(PREDICT), *args],
+                cwd=cwd,
+                env=env,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+            )
+
+    def signal_process(self, signum: int) -> None:
+        os.kill(self.process.pid, signum)
+
+    def signal_group(self, signum: int) -> None:
+        os.killpg(self.process.pid, signum)
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.signal_group(9)
+            self.process.wait()
+            raise
+
+    @property
+    def output(self) -> str:
+        return self.stdout_path.read_text() + self.stderr_path.read_text()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, process: PredictProcess) -> None:
+    """Polls `condition` until it holds; fails if the process ends or time runs out first."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process.process.poll() is not None:
+            raise AssertionError(f"predict.py ended first:\n{process.output}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met in {timeout} s:\n{process.output}")
+        time.sleep(0.05)
+
+
+def written_keys(output_dir: Path) -> Counter:
+    """How often each key is in the complete shards of `output_dir`."""
+    return Counter(result["image"]["key"] for result in iter_results(output_dir))
