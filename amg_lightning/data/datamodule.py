@@ -9,9 +9,8 @@ each sample goes to exactly one reader, in a deterministic order.
 from __future__ import annotations
 
 import glob
-import tarfile
 from collections.abc import Collection, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +19,12 @@ import torch
 import webdataset as wds
 from braceexpand import braceexpand
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from amg_lightning.data.decode import IMAGE_EXTENSIONS, decode_image
+from amg_lightning.data.tar_reader import DamagedTar, TarMember, tar_members
 
 Batch = dict[str, list[Any]]
 BATCH_FIELDS = ("key", "url", "image", "error")
-NO_IMAGE_ERROR = f"no image member ({', '.join(IMAGE_EXTENSIONS)})"
 
 
 def resolve_urls(urls: str | Sequence[str]) -> list[str]:
@@ -80,33 +78,147 @@ def split_for_reader(urls: Sequence[str], reader: int, num_readers: int) -> Work
     return WorkerSplit(urls=list(urls), stride=num_readers, offset=reader)
 
 
-def read_shard(url: str) -> Iterator[dict[str, Any]]:
-    """Raw webdataset samples of one shard; an unreadable shard ends in one error sample."""
+@dataclass
+class ShardSample:
+    """One sample of a shard: its key, its members by extension, and where they lie.
+
+    `first` and `last` are the 1-based places of its first and last member among the
+    shard's files; `error` is set instead of members for a shard's damage and for a repeat.
+    """
+
+    url: str
+    key: str
+    first: int
+    last: int = 0
+    members: dict[str, bytes] = field(default_factory=dict)
+    names: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    def add(self, member: TarMember, extension: str) -> None:
+        self.members[extension] = member.data
+        self.names.append(member.name)
+        self.last = member.position
+
+    def accepts(self, name: str) -> bool:
+        """Whether the member `name`, coming next, belongs to this sample (see split_name)."""
+        key, extension = split_name(name, self.key)
+        return key == self.key and extension not in self.members
+
+    def place(self) -> str:
+        """Where it lies, for messages: `members 3-4 (a.jpg, a.json)`."""
+        span = (
+            f"member {self.first}"
+            if self.first == self.last
+            else f"members {self.first}-{self.last}"
+        )
+        return f"{span} ({', '.join(self.names)})"
+
+
+def split_name(name: str, current_key: str | None = None) -> tuple[str, str]:
+    """The key and (lowercase) extension of a member name, following the next member's rule:
+
+    - a name that starts with `current_key` and a dot (and has no `/` after it) belongs to
+      that sample, as in WebDataset: `x.jpg`, `x.json`, `x.seg.png` are one sample `x`;
+    - otherwise a name whose last suffix is an image extension is its key and that suffix
+      (`photo.v2.jpg` is key `photo.v2`); any other name splits at the first dot of its file
+      name (WebDataset's rule); a file name without a dot is a key without an extension.
+    """
+    if current_key is not None and name.startswith(current_key + "."):
+        extension = name[len(current_key) + 1 :]
+        if "/" not in extension:
+            return current_key, extension.lower()
+    folder, slash, file_name = name.rpartition("/")
+    stem, _, suffix = file_name.rpartition(".")
+    if stem and suffix.lower() in IMAGE_EXTENSIONS:
+        return folder + slash + stem, suffix.lower()
+    first, _, rest = file_name.partition(".")
+    return folder + slash + first, rest.lower()
+
+
+def read_shard(url: str) -> Iterator[ShardSample]:
+    """The samples of one shard in order; what is wrong with it becomes error samples.
+
+    A repeat of a key already seen in this shard is an error sample naming both places (only
+    the first is segmented). Damage (a cut, a bad header, a missing end-of-archive marker)
+    ends the shard with one error sample, keyed by the url, after every complete sample
+    before it; a sample whose member data is cut is incomplete and named in that error.
+    """
+    seen: dict[str, ShardSample] = {}
+    current: ShardSample | None = None
+    last_good: str | None = None
     try:
         with wds.gopen(url) as stream:
-            members = ({**member, "__url__": url} for member in tar_file_iterator(stream))
-            yield from group_by_keys(members)
-    except (OSError, tarfile.TarError, ValueError) as error:
-        yield {"__key__": url, "__url__": url, "__error__": f"unreadable shard: {error}"}
+            for member in tar_members(stream):
+                if current is not None and current.accepts(member.name):
+                    current.add(member, split_name(member.name, current.key)[1])
+                    continue
+                if current is not None:
+                    last_good = current.key
+                    yield _checked_for_repeat(current, seen)
+                key, extension = split_name(member.name)
+                current = ShardSample(url, key, first=member.position)
+                current.add(member, extension)
+    except DamagedTar as damage:
+        cut_member = damage.member_name
+        if current is not None and (cut_member is None or not current.accepts(cut_member)):
+            last_good = current.key
+            yield _checked_for_repeat(current, seen)
+        elif current is not None:
+            damage = DamagedTar(f"{damage}, so sample '{current.key}' is incomplete")
+        yield _shard_error(url, _damage_message(url, damage, last_good))
+        return
+    except OSError as error:
+        yield _shard_error(url, f"cannot read shard {url}: {error}.")
+        return
+    if current is not None:
+        yield _checked_for_repeat(current, seen)
 
 
-def decode_sample(sample: dict[str, Any]) -> dict[str, Any]:
+def _checked_for_repeat(sample: ShardSample, seen: dict[str, ShardSample]) -> ShardSample:
+    """The sample, or an error sample when its key came before in the shard."""
+    first = seen.setdefault(sample.key, sample)
+    if first is sample:
+        return sample
+    message = (
+        f"key '{sample.key}' is repeated in shard {sample.url}: at {first.place()} and again "
+        f"at {sample.place()}; only the first is segmented."
+    )
+    return ShardSample(sample.url, sample.key, sample.first, sample.last, error=message)
+
+
+def _damage_message(url: str, damage: DamagedTar, last_good: str | None) -> str:
+    after = f"after sample '{last_good}'" if last_good is not None else "before its first sample"
+    return f"shard {url} is damaged {after}: {damage}."
+
+
+def _shard_error(url: str, message: str) -> ShardSample:
+    return ShardSample(url, url, first=0, error=message)
+
+
+def decode_sample(sample: ShardSample) -> dict[str, Any]:
     """A batch record: the sample's image as a uint8 HWC tensor, or None and an error."""
-    record = {"key": sample["__key__"], "url": sample["__url__"], "image": None, "error": None}
-    try:
-        record["image"] = torch.from_numpy(_decoded_image(sample))
-    except ValueError as error:
-        record["error"] = str(error)
+    record = {"key": sample.key, "url": sample.url, "image": None, "error": sample.error}
+    if sample.error is None:
+        try:
+            record["image"] = torch.from_numpy(decode_image(image_member(sample)))
+        except ValueError as error:
+            record["error"] = str(error)
     return record
 
 
-def _decoded_image(sample: dict[str, Any]) -> Any:
-    if "__error__" in sample:
-        raise ValueError(sample["__error__"])
-    extension = next((ext for ext in IMAGE_EXTENSIONS if ext in sample), None)
-    if extension is None:
-        raise ValueError(NO_IMAGE_ERROR)
-    return decode_image(sample[extension])
+def image_member(sample: ShardSample) -> bytes:
+    """The bytes of the sample's image: its member with an image extension (jpg first, as
+    IMAGE_EXTENSIONS orders them), else one whose extension ends in one (`v2.jpg`)."""
+    for extension in IMAGE_EXTENSIONS:
+        if extension in sample.members:
+            return sample.members[extension]
+    for extension, data in sample.members.items():
+        if extension.rpartition(".")[2] in IMAGE_EXTENSIONS:
+            return data
+    raise ValueError(
+        f"sample has no image member ({', '.join(IMAGE_EXTENSIONS)}); "
+        f"its members are {', '.join(sample.names)}."
+    )
 
 
 def collate_records(records: list[dict[str, Any]]) -> Batch:
@@ -131,7 +243,9 @@ class ShardSamples(IterableDataset):
         index = 0
         for url in split.urls:
             for sample in read_shard(url):
-                keep = split.keeps(index) and sample["__key__"] not in self.skip_keys
+                # An error sample is never done: it is recorded again by every run.
+                done = sample.error is None and sample.key in self.skip_keys
+                keep = split.keeps(index) and not done
                 index += 1
                 if keep:
                     yield decode_sample(sample)

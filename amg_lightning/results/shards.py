@@ -1,35 +1,41 @@
 """Reading back the RLE shards a run writes.
 
 Each shard sample is `{"image": {"key", "url", "height", "width"}, "annotations": [...]}`
-with annotations in COCO-RLE form, as `RleShardWriter` writes them.
+with annotations in COCO-RLE form, as `RleShardWriter` writes them. A sample's identity is
+its `image` field (url and key); member names are only safe names made from keys
+(`results/names.py`) and are never read back as keys.
 """
 
 from __future__ import annotations
 
 import json
-import tarfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from webdataset.tariterators import base_plus_ext, tar_file_iterator
-
+from amg_lightning.data.tar_reader import DamagedTar, tar_members
 from amg_lightning.results.run_folder import shard_paths
 
 
 def shard_keys(path: Path) -> list[str]:
-    """The sample keys in one shard, from member names only (no data is parsed)."""
-    with tarfile.open(path) as shard:
-        return [base_plus_ext(name)[0] for name in shard.getnames()]
+    """The image keys in one shard, from each sample's `image` field."""
+    return [result["image"]["key"] for result in iter_results(path)]
 
 
 def iter_results(paths_or_dir: str | Path | Iterable[str | Path]) -> Iterator[dict[str, Any]]:
-    """Each sample's json dict from an output directory, one shard, or a list of shards."""
+    """Each sample's json dict from an output directory, one shard, or a list of shards.
+
+    Raises DamagedTar, naming the shard, when one is cut short or unreadable.
+    """
     for path in _result_shards(paths_or_dir):
         with open(path, "rb") as stream:
-            for member in tar_file_iterator(stream):
-                if member["fname"].endswith(".json"):
-                    yield json.loads(member["data"])
+            try:
+                for member in tar_members(stream):
+                    if member.name.endswith(".json"):
+                        yield json.loads(member.data)
+            except DamagedTar as damage:
+                problem = f"result shard {path} is damaged: {damage}"
+                raise DamagedTar(problem, damage.member_name) from None
 
 
 def _result_shards(paths_or_dir: str | Path | Iterable[str | Path]) -> list[Path]:

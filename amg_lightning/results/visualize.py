@@ -2,6 +2,9 @@
 
 amg-visualize RUN_DIR --out pictures/
 amg-visualize masks.json --images photos/ --out pictures/
+
+Pictures are named after their keys made safe (results/names.py), `~2`, `~3`, ... for a
+key met again, so nothing is written outside the --out folder and nothing is overwritten.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import sys
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
@@ -19,8 +23,10 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from amg_lightning.data.datamodule import decode_sample, read_shard
+from amg_lightning.data.datamodule import ShardSample, decode_sample, read_shard
 from amg_lightning.data.decode import decode_image
+from amg_lightning.data.tar_reader import DamagedTar
+from amg_lightning.results.names import UniqueNames
 from amg_lightning.results.shards import iter_results
 
 USAGE = __doc__
@@ -80,48 +86,75 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("source", type=Path, help="prediction output dir, or a COCO json")
     parser.add_argument("--images", type=Path, help="folder of the COCO json's file_names")
-    parser.add_argument("--out", type=Path, required=True, help="folder for <key>.png")
+    parser.add_argument("--out", type=Path, required=True, help="folder for <safe key>.png")
     parser.add_argument("--seed", type=int, default=0, help="seed of the mask colours")
     return parser.parse_args(argv)
 
 
 def pictures_from_results(output_dir: Path) -> Iterator[Picture]:
-    """Each result with its image, read back from the input shard its `image.url` names."""
+    """Each result with its own image: the sample of its key in the input shard its
+    `image.url` names, since a sample's identity is its url and key."""
     by_shard = itertools.groupby(iter_results(output_dir), key=lambda r: r["image"]["url"])
     for url, results in by_shard:
         wanted = {result["image"]["key"]: result for result in results}
         for sample in read_shard(url):
-            result = wanted.pop(sample["__key__"], None)
+            # Error samples (damage, a repeated key) were never segmented; skip them.
+            result = wanted.pop(sample.key, None) if sample.error is None else None
             if result is None:
                 continue
-            record = decode_sample(sample)
-            if record["error"] is not None:
-                print(f"skipped {record['key']}: {record['error']}", file=sys.stderr)
-                continue
-            segmentations = [a["segmentation"] for a in result["annotations"]]
-            yield record["key"], record["image"].numpy(), segmentations
+            picture = _picture(sample, result)
+            if picture is not None:
+                yield picture
         for key in wanted:
-            print(f"skipped {key}: not found in {url}", file=sys.stderr)
+            print(f"skipped {key!r}: not found in {url}", file=sys.stderr)
+
+
+def _picture(sample: ShardSample, result: dict[str, Any]) -> Picture | None:
+    """The sample's image with its result's masks, or None (and why) if they do not fit."""
+    record = decode_sample(sample)
+    if record["error"] is not None:
+        print(f"skipped {sample.key!r}: {record['error']}", file=sys.stderr)
+        return None
+    image = record["image"].numpy()
+    segmented = (result["image"]["height"], result["image"]["width"])
+    if image.shape[:2] != segmented:
+        print(
+            f"skipped {sample.key!r}: its image in {sample.url} is {image.shape[:2]}, "
+            f"not the {segmented} it was segmented at",
+            file=sys.stderr,
+        )
+        return None
+    return sample.key, image, [a["segmentation"] for a in result["annotations"]]
 
 
 def pictures_from_coco(coco_json: Path, images_dir: Path) -> Iterator[Picture]:
-    """Each image of a COCO json (`images`, `annotations`) with its RLE segmentations."""
+    """Each image of a COCO json (`images`, `annotations`) with its RLE segmentations.
+
+    A `file_name` that points outside `images_dir` is skipped: it is data, not a path to trust.
+    """
     coco = json.loads(coco_json.read_text())
     segmentations = defaultdict(list)
     for annotation in coco["annotations"]:
         segmentations[annotation["image_id"]].append(annotation["segmentation"])
     for image in coco["images"]:
-        pixels = decode_image((images_dir / image["file_name"]).read_bytes())
-        yield Path(image["file_name"]).stem, pixels, segmentations[image["id"]]
+        file_name = image["file_name"]
+        path = Path(os.path.normpath(images_dir / file_name))
+        if not path.is_relative_to(os.path.normpath(images_dir)):
+            print(f"skipped {file_name!r}: it is outside {images_dir}", file=sys.stderr)
+            continue
+        pixels = decode_image(path.read_bytes())
+        yield os.path.splitext(file_name)[0], pixels, segmentations[image["id"]]
 
 
 def write_pictures(pictures: Iterator[Picture], out_dir: Path, seed: int) -> int:
-    """Draw each picture's masks and write `<key>.png`; returns how many were written."""
+    """Draw each picture's masks and write it to `out_dir` under a safe name made from its key
+    (`UniqueNames`, results/names.py) plus `.png`; returns how many were written."""
+    names = UniqueNames()
     count = 0
     for key, image, rles in pictures:
-        path = out_dir / f"{key}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
         drawn = draw_masks(image, rles, seed=seed)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / f"{names.name_for(key)}.png"
         cv2.imwrite(str(path), cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
         count += 1
     return count
@@ -136,5 +169,8 @@ def main(argv: list[str] | None = None) -> None:
         pictures = pictures_from_coco(args.source, args.images)
     else:
         pictures = pictures_from_results(args.source)
-    count = write_pictures(pictures, args.out, args.seed)
+    try:
+        count = write_pictures(pictures, args.out, args.seed)
+    except DamagedTar as damage:
+        sys.exit(f"error: {damage}")
     print(f"wrote {count} pictures to {args.out}")

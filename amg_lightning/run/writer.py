@@ -16,6 +16,7 @@ import lightning
 import webdataset as wds
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from amg_lightning.results.names import UniqueNames
 from amg_lightning.results.run_folder import (
     RANK_FILE,
     counts_path,
@@ -129,7 +130,8 @@ class RleShardWriter(BasePredictionWriter):
             self._open_shard()
         image = {name: result[name] for name in ("key", "url", "height", "width")}
         sample = {"image": image, "annotations": result["annotations"]}
-        self._shard.write({"__key__": result["key"], "json": sample})
+        # Keys are data: the member is named safely; the record's `image` keeps the real key.
+        self._shard.write({"__key__": self._member_names.name_for(result["key"]), "json": sample})
         self._counts["images"] += 1
         self._counts["masks"] += len(result["annotations"])
         self._shard_images += 1
@@ -145,6 +147,7 @@ class RleShardWriter(BasePredictionWriter):
     def _open_shard(self) -> None:
         self._shard_path = self.output_dir / shard_name(self.rank, self._next_number)
         self._shard = wds.TarWriter(str(unfinished_path(self._shard_path)))
+        self._member_names = UniqueNames()
         self._next_number += 1
         self._shard_images = 0
 
