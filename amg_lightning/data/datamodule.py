@@ -4,11 +4,17 @@ Every DataLoader worker of every rank is one of G = world_size * max(num_workers
 readers. With at least G shards, reader g reads shards[g::G]; with fewer, every reader
 reads all shards and keeps the samples whose running index i has i % G == g. Either way
 each sample goes to exactly one reader, in a deterministic order.
+
+A shard is read strictly (data/tar_reader.py) and grouped into samples by `split_name`'s
+rule. A sample's identity is its shard url and key: a key repeated within one shard is an
+error record naming both places (only the first is segmented); the same key in two shards
+is two samples. Damage ends a shard with one error record after its complete samples.
 """
 
 from __future__ import annotations
 
 import glob
+import re
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,9 +106,18 @@ class ShardSample:
         self.last = member.position
 
     def accepts(self, name: str) -> bool:
-        """Whether the member `name`, coming next, belongs to this sample (see split_name)."""
+        """Whether the member `name`, coming next, belongs to this sample (see split_name).
+
+        A second image is another sample (`photo.1.jpg` after `photo.jpg`), never a sidecar.
+        """
         key, extension = split_name(name, self.key)
-        return key == self.key and extension not in self.members
+        if key != self.key or extension in self.members:
+            return False
+        return not (is_image_extension(extension) and self.image_extension() is not None)
+
+    def image_extension(self) -> str | None:
+        """The extension of its image member (at most one has an image extension)."""
+        return next(filter(is_image_extension, self.members), None)
 
     def place(self) -> str:
         """Where it lies, for messages: `members 3-4 (a.jpg, a.json)`."""
@@ -139,56 +154,71 @@ def read_shard(url: str) -> Iterator[ShardSample]:
     """The samples of one shard in order; what is wrong with it becomes error samples.
 
     A repeat of a key already seen in this shard is an error sample naming both places (only
-    the first is segmented). Damage (a cut, a bad header, a missing end-of-archive marker)
-    ends the shard with one error sample, keyed by the url, after every complete sample
-    before it; a sample whose member data is cut is incomplete and named in that error.
+    the first is segmented). Damage (a cut, a bad header, a missing end-of-archive marker) or
+    a failed read ends the shard with one error sample, keyed by the url, after every
+    complete sample before it; a sample whose member data is cut is named in that error.
     """
-    seen: dict[str, ShardSample] = {}
-    current: ShardSample | None = None
-    last_good: str | None = None
+    first_places: dict[str, str] = {}
+    last_key: str | None = None
     try:
         with wds.gopen(url) as stream:
-            for member in tar_members(stream):
-                if current is not None and current.accepts(member.name):
-                    current.add(member, split_name(member.name, current.key)[1])
-                    continue
-                if current is not None:
-                    last_good = current.key
-                    yield _checked_for_repeat(current, seen)
-                key, extension = split_name(member.name)
-                current = ShardSample(url, key, first=member.position)
-                current.add(member, extension)
+            for sample in _grouped(url, tar_members(stream)):
+                last_key = sample.key
+                yield _checked_for_repeat(sample, first_places)
     except DamagedTar as damage:
-        cut_member = damage.member_name
-        if current is not None and (cut_member is None or not current.accepts(cut_member)):
-            last_good = current.key
-            yield _checked_for_repeat(current, seen)
-        elif current is not None:
-            damage = DamagedTar(f"{damage}, so sample '{current.key}' is incomplete")
-        yield _shard_error(url, _damage_message(url, damage, last_good))
-        return
-    except OSError as error:
-        yield _shard_error(url, f"cannot read shard {url}: {error}.")
-        return
+        yield _shard_error(url, f"shard {url} is damaged {_after(last_key)}: {damage}.")
+    except (OSError, ValueError) as error:  # ValueError: a url scheme gopen does not know
+        yield _shard_error(url, f"shard {url} could not be read {_after(last_key)}: {_why(error)}.")
+
+
+def _grouped(url: str, members: Iterator[TarMember]) -> Iterator[ShardSample]:
+    """Consecutive members of one sample as a ShardSample. On damage, the sample being read
+    comes first if it is complete; if its own member was cut, the DamagedTar says so."""
+    current: ShardSample | None = None
+    try:
+        for member in members:
+            if current is not None and current.accepts(member.name):
+                current.add(member, split_name(member.name, current.key)[1])
+                continue
+            if current is not None:
+                yield current
+            key, extension = split_name(member.name)
+            current = ShardSample(url, key, first=member.position)
+            current.add(member, extension)
+    except DamagedTar as damage:
+        cut = damage.member_name
+        if current is not None and cut is not None and current.accepts(cut):
+            raise DamagedTar(f"{damage}, so sample '{current.key}' is incomplete") from None
+        if current is not None:
+            yield current
+        raise
     if current is not None:
-        yield _checked_for_repeat(current, seen)
+        yield current
 
 
-def _checked_for_repeat(sample: ShardSample, seen: dict[str, ShardSample]) -> ShardSample:
+def _checked_for_repeat(sample: ShardSample, first_places: dict[str, str]) -> ShardSample:
     """The sample, or an error sample when its key came before in the shard."""
-    first = seen.setdefault(sample.key, sample)
-    if first is sample:
+    first_place = first_places.get(sample.key)
+    if first_place is None:
+        first_places[sample.key] = sample.place()
         return sample
     message = (
-        f"key '{sample.key}' is repeated in shard {sample.url}: at {first.place()} and again "
+        f"key '{sample.key}' is repeated in shard {sample.url}: at {first_place} and again "
         f"at {sample.place()}; only the first is segmented."
     )
     return ShardSample(sample.url, sample.key, sample.first, sample.last, error=message)
 
 
-def _damage_message(url: str, damage: DamagedTar, last_good: str | None) -> str:
-    after = f"after sample '{last_good}'" if last_good is not None else "before its first sample"
-    return f"shard {url} is damaged {after}: {damage}."
+def _after(last_key: str | None) -> str:
+    return f"after sample '{last_key}'" if last_key is not None else "before its first sample"
+
+
+def _why(error: Exception) -> str:
+    """An error in words: the OS's reason, or a pipe's exit status (its own text is a tuple)."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    status = re.search(r"exit (-?\d+)", str(error))
+    return f"its command exited with status {status[1]}" if status else str(error)
 
 
 def _shard_error(url: str, message: str) -> ShardSample:
@@ -207,18 +237,19 @@ def decode_sample(sample: ShardSample) -> dict[str, Any]:
 
 
 def image_member(sample: ShardSample) -> bytes:
-    """The bytes of the sample's image: its member with an image extension (jpg first, as
-    IMAGE_EXTENSIONS orders them), else one whose extension ends in one (`v2.jpg`)."""
-    for extension in IMAGE_EXTENSIONS:
-        if extension in sample.members:
-            return sample.members[extension]
-    for extension, data in sample.members.items():
-        if extension.rpartition(".")[2] in IMAGE_EXTENSIONS:
-            return data
-    raise ValueError(
-        f"sample has no image member ({', '.join(IMAGE_EXTENSIONS)}); "
-        f"its members are {', '.join(sample.names)}."
-    )
+    """The bytes of the sample's image member; ValueError naming its members if it has none."""
+    extension = sample.image_extension()
+    if extension is None:
+        raise ValueError(
+            f"sample has no image member ({', '.join(IMAGE_EXTENSIONS)}); "
+            f"its members are {', '.join(sample.names)}."
+        )
+    return sample.members[extension]
+
+
+def is_image_extension(extension: str) -> bool:
+    """Whether a member extension ends in an image extension (`jpg`, `v2.jpg`, `seg.png`)."""
+    return extension.rpartition(".")[2] in IMAGE_EXTENSIONS
 
 
 def collate_records(records: list[dict[str, Any]]) -> Batch:
