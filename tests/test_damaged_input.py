@@ -74,6 +74,11 @@ CASES: dict[str, tuple[Damage, list[str], str]] = {
         ["a", "b", "c"],
         "its end-of-archive marker has one zero block, not two",
     ),
+    "with a second archive appended": (
+        lambda data, infos: data + data,
+        ["a", "b", "c"],
+        "it holds data after its end-of-archive marker",
+    ),
     "with a corrupted header": (
         lambda data, infos: data[: infos[4].offset] + b"x" * 100 + data[infos[4].offset + 100 :],
         ["a", "b"],

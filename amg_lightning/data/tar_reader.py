@@ -4,7 +4,8 @@ Python's tarfile (and WebDataset on top of it) ends quietly when a stream stops 
 header, at a member boundary, or at a header that does not check out, so a half-downloaded
 shard reads as a shorter, complete one. This reader checks each header's checksum, reads
 each member's data in full, and requires tar's end-of-archive marker (two 512-byte zero
-blocks); anything else raises `DamagedTar`, after every complete member before it.
+blocks) followed by nothing but zeros; anything else raises `DamagedTar`, after every
+complete member before it.
 Gzip, bzip2 and xz compressed archives are recognised by their first bytes.
 """
 
@@ -78,6 +79,7 @@ def tar_members(stream: Readable) -> Iterator[TarMember]:
         if header == ZERO_BLOCK:
             if _read_exactly(source, BLOCK) != ZERO_BLOCK:
                 raise DamagedTar("its end-of-archive marker has one zero block, not two")
+            _check_only_zeros_follow(source)
             return
         try:
             info = tarfile.TarInfo.frombuf(header, "utf-8", "surrogateescape")
@@ -106,6 +108,14 @@ def _decompressed(stream: Readable) -> Readable:
         if head.startswith(magic):
             return _Guarded(opener(rejoined))
     return rejoined
+
+
+def _check_only_zeros_follow(source: Readable) -> None:
+    """Read to the end: a tar is padded with zeros, and anything else there (a second archive
+    appended to the first, say) would be members that no reader sees."""
+    while chunk := source.read(1 << 16):
+        if chunk.strip(b"\0"):
+            raise DamagedTar("it holds data after its end-of-archive marker")
 
 
 def _read_exactly(source: Readable, size: int) -> bytes:
