@@ -211,3 +211,23 @@ def test_hostile_keys_stay_inside_the_named_folders(tmp_path: Path) -> None:
     for path in files_under(tmp_path):
         assert any(path == top or top in path.parents for top in allowed), path
     assert all(len(p.name) < 255 for p in files_under(tmp_path))
+
+
+def test_visualize_reads_coco_file_names_only_inside_the_images_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    images = tmp_path / "images"
+    (images / "sub").mkdir(parents=True)
+    (images / "sub" / "in.png").write_bytes(png_bytes(12, 16))
+    (tmp_path / "outside.png").write_bytes(png_bytes(12, 16))
+    names = ["sub/in.png", "../outside.png", str(tmp_path / "outside.png")]
+    coco = {
+        "images": [{"id": i, "file_name": name} for i, name in enumerate(names)],
+        "annotations": [],
+    }
+    (tmp_path / "masks.json").write_text(json.dumps(coco))
+    pictures = tmp_path / "pictures"
+    visualize.main([str(tmp_path / "masks.json"), "--images", str(images), "--out", str(pictures)])
+    assert [p.name for p in pictures.iterdir()] == ["sub%2Fin.png"]
+    skipped = capsys.readouterr().err.splitlines()
+    assert skipped == [f"skipped {name!r}: it is outside {images}" for name in names[1:]]
