@@ -17,7 +17,8 @@ import cv2
 import pytest
 from PIL import Image
 
-from amg_lightning.data.datamodule import WebDatasetDataModule, split_name
+from amg_lightning.data.datamodule import WebDatasetDataModule
+from amg_lightning.data.samples import split_name
 from amg_lightning.results import export, visualize
 from amg_lightning.results.names import MAX_NAME_LENGTH, UniqueNames, safe_name
 from amg_lightning.results.run_folder import shard_paths

@@ -23,8 +23,8 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from amg_lightning.data.datamodule import ShardSample, decode_sample, read_shard
 from amg_lightning.data.decode import decode_image
+from amg_lightning.data.samples import ShardSample, decode_sample, read_shard
 from amg_lightning.data.tar_reader import DamagedTar
 from amg_lightning.results.names import UniqueNames
 from amg_lightning.results.shards import iter_results
