@@ -67,7 +67,7 @@ class ShardSample:
 
 
 def split_name(name: str, current_key: str | None = None) -> tuple[str, str]:
-    """The key and (lowercase) extension of a member name, following the next member's rule:
+    """The key and lowercase extension of a member name, while sample `current_key` is open:
 
     - a name that starts with `current_key` and a dot (and has no `/` after it) belongs to
       that sample, as in WebDataset: `x.jpg`, `x.json`, `x.seg.png` are one sample `x`;

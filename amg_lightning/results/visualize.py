@@ -4,7 +4,8 @@ amg-visualize RUN_DIR --out pictures/
 amg-visualize masks.json --images photos/ --out pictures/
 
 Pictures are named after their keys made safe (results/names.py), `~2`, `~3`, ... for a
-key met again, so nothing is written outside the --out folder and nothing is overwritten.
+key met again, so nothing is written outside the --out folder and nothing is overwritten;
+for a run folder, the names are those of amg-export's PNG folders.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def draw_masks(
     return drawn
 
 
-# (key, RGB image, mask RLEs) for one picture.
+# (file name without `.png`, RGB image, mask RLEs) for one picture.
 Picture = tuple[str, np.ndarray, list[dict[str, Any]]]
 
 
@@ -93,23 +94,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def pictures_from_results(output_dir: Path) -> Iterator[Picture]:
     """Each result with its own image: the sample of its key in the input shard its
-    `image.url` names, since a sample's identity is its url and key."""
+    `image.url` names, since a sample's identity is its url and key. Names are given in
+    the order of the results, as amg-export gives its folders."""
+    names = UniqueNames()
     by_shard = itertools.groupby(iter_results(output_dir), key=lambda r: r["image"]["url"])
     for url, results in by_shard:
-        wanted = {result["image"]["key"]: result for result in results}
+        wanted = {r["image"]["key"]: (names.name_for(r["image"]["key"]), r) for r in results}
         for sample in read_shard(url):
             # Error samples (damage, a repeated key) were never segmented; skip them.
-            result = wanted.pop(sample.key, None) if sample.error is None else None
-            if result is None:
-                continue
-            picture = _picture(sample, result)
+            named = wanted.pop(sample.key, None) if sample.error is None else None
+            picture = None if named is None else _picture(sample, *named)
             if picture is not None:
                 yield picture
         for key in wanted:
             print(f"skipped {key!r}: not found in {url}", file=sys.stderr)
 
 
-def _picture(sample: ShardSample, result: dict[str, Any]) -> Picture | None:
+def _picture(sample: ShardSample, name: str, result: dict[str, Any]) -> Picture | None:
     """The sample's image with its result's masks, or None (and why) if they do not fit."""
     record = decode_sample(sample)
     if record["error"] is not None:
@@ -124,7 +125,7 @@ def _picture(sample: ShardSample, result: dict[str, Any]) -> Picture | None:
             file=sys.stderr,
         )
         return None
-    return sample.key, image, [a["segmentation"] for a in result["annotations"]]
+    return name, image, [a["segmentation"] for a in result["annotations"]]
 
 
 def pictures_from_coco(coco_json: Path, images_dir: Path) -> Iterator[Picture]:
@@ -133,28 +134,29 @@ def pictures_from_coco(coco_json: Path, images_dir: Path) -> Iterator[Picture]:
     A `file_name` that points outside `images_dir` is skipped: it is data, not a path to trust.
     """
     coco = json.loads(coco_json.read_text())
+    names = UniqueNames()
     segmentations = defaultdict(list)
     for annotation in coco["annotations"]:
         segmentations[annotation["image_id"]].append(annotation["segmentation"])
     for image in coco["images"]:
         file_name = image["file_name"]
+        name = names.name_for(os.path.splitext(file_name)[0])
         path = Path(os.path.normpath(images_dir / file_name))
         if not path.is_relative_to(os.path.normpath(images_dir)):
             print(f"skipped {file_name!r}: it is outside {images_dir}", file=sys.stderr)
             continue
         pixels = decode_image(path.read_bytes())
-        yield os.path.splitext(file_name)[0], pixels, segmentations[image["id"]]
+        yield name, pixels, segmentations[image["id"]]
 
 
 def write_pictures(pictures: Iterator[Picture], out_dir: Path, seed: int) -> int:
-    """Draw each picture's masks and write it to `out_dir` under a safe name made from its key
-    (`UniqueNames`, results/names.py) plus `.png`; returns how many were written."""
-    names = UniqueNames()
+    """Draw each picture's masks and write it to `out_dir` as `<name>.png`; returns how many
+    were written."""
     count = 0
-    for key, image, rles in pictures:
+    for name, image, rles in pictures:
         drawn = draw_masks(image, rles, seed=seed)
         out_dir.mkdir(parents=True, exist_ok=True)
-        path = out_dir / f"{names.name_for(key)}.png"
+        path = out_dir / f"{name}.png"
         cv2.imwrite(str(path), cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
         count += 1
     return count
