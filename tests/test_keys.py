@@ -8,7 +8,6 @@ the user named.
 
 from __future__ import annotations
 
-import io
 import json
 import tarfile
 from pathlib import Path
@@ -24,7 +23,7 @@ from amg_lightning.results.names import MAX_NAME_LENGTH, UniqueNames, safe_name
 from amg_lightning.results.run_folder import shard_paths
 from amg_lightning.results.shards import iter_results
 from tests.helpers.predict import run_predict
-from tests.helpers.shards import png_bytes, read_jsonl, write_tar
+from tests.helpers.shards import jpeg_bytes, png_bytes, read_jsonl, write_tar
 
 FAST = ["model=tiny", "points_per_side=4", "pred_iou_thresh=0.0", "stability_score_thresh=0.0"]
 TIMEOUT_S = 300
@@ -100,12 +99,6 @@ def test_repeats_in_one_shard_are_errors_naming_both_places(tmp_path: Path) -> N
          "4-5 (x.json, x.png); only the first is segmented.", None),
         ("z", None, 14),
     ]  # fmt: skip
-
-
-def jpeg_bytes(height: int, width: int = 32) -> bytes:
-    buffer = io.BytesIO()
-    Image.open(io.BytesIO(png_bytes(height, width))).save(buffer, "JPEG")
-    return buffer.getvalue()
 
 
 def files_under(folder: Path) -> set[Path]:

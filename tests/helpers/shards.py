@@ -20,6 +20,13 @@ def png_bytes(height: int = 24, width: int = 32, seed: int = 0) -> bytes:
     return buffer.getvalue()
 
 
+def jpeg_bytes(height: int = 24, width: int = 32, seed: int = 0) -> bytes:
+    """The same picture as `png_bytes`, as a JPEG."""
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(png_bytes(height, width, seed))).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
 def write_tar(path: Path, members: list[tuple[str, bytes]]) -> list[tarfile.TarInfo]:
     """A tar file holding `members` (name, bytes) in order; returns their headers' infos,
     whose `offset` and `offset_data` say where each header and its data begin."""
