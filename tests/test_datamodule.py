@@ -14,7 +14,6 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from amg_lightning.data.datamodule import (
-    NO_IMAGE_ERROR,
     ShardSamples,
     WebDatasetDataModule,
     collate_records,
@@ -123,7 +122,10 @@ def test_batches_hold_images_and_errors(tmp_path: Path) -> None:
     assert batch["image"][1:] == [None, None]
     assert batch["error"][0] is None
     assert batch["error"][1].startswith("cannot decode image")
-    assert batch["error"][2] == NO_IMAGE_ERROR
+    assert batch["error"][2] == (
+        "sample has no image member (jpg, jpeg, png, webp, bmp, tif, tiff); "
+        "its members are textonly.txt."
+    )
 
 
 def test_corrupt_tar_is_one_error_record(tmp_path: Path) -> None:
@@ -133,7 +135,10 @@ def test_corrupt_tar_is_one_error_record(tmp_path: Path) -> None:
     module = WebDatasetDataModule([str(broken), *urls], batch_size=4)
     (batch,) = list(module.predict_dataloader())
     assert batch["key"] == [str(broken), "s0-img0", "s0-img1"]
-    assert batch["error"][0].startswith("unreadable shard")
+    assert batch["error"][0] == (
+        f"shard {broken} is damaged before its first sample: "
+        "the header of member 1 is unreadable (invalid header)."
+    )
     assert batch["error"][1:] == [None, None]
 
 

@@ -4,30 +4,28 @@ Every DataLoader worker of every rank is one of G = world_size * max(num_workers
 readers. With at least G shards, reader g reads shards[g::G]; with fewer, every reader
 reads all shards and keeps the samples whose running index i has i % G == g. Either way
 each sample goes to exactly one reader, in a deterministic order.
+
+A shard's samples, with its repeated keys and damage as error records, come from
+data/samples.py.
 """
 
 from __future__ import annotations
 
 import glob
-import tarfile
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning
-import torch
-import webdataset as wds
 from braceexpand import braceexpand
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from webdataset.tariterators import group_by_keys, tar_file_iterator
 
-from amg_lightning.data.decode import IMAGE_EXTENSIONS, decode_image
+from amg_lightning.data.samples import decode_sample, read_shard
 from amg_lightning.utils.signals import ignore_stop_signals
 
 Batch = dict[str, list[Any]]
 BATCH_FIELDS = ("key", "url", "image", "error")
-NO_IMAGE_ERROR = f"no image member ({', '.join(IMAGE_EXTENSIONS)})"
 
 
 def resolve_urls(urls: str | Sequence[str]) -> list[str]:
@@ -81,35 +79,6 @@ def split_for_reader(urls: Sequence[str], reader: int, num_readers: int) -> Work
     return WorkerSplit(urls=list(urls), stride=num_readers, offset=reader)
 
 
-def read_shard(url: str) -> Iterator[dict[str, Any]]:
-    """Raw webdataset samples of one shard; an unreadable shard ends in one error sample."""
-    try:
-        with wds.gopen(url) as stream:
-            members = ({**member, "__url__": url} for member in tar_file_iterator(stream))
-            yield from group_by_keys(members)
-    except (OSError, tarfile.TarError, ValueError) as error:
-        yield {"__key__": url, "__url__": url, "__error__": f"unreadable shard: {error}"}
-
-
-def decode_sample(sample: dict[str, Any]) -> dict[str, Any]:
-    """A batch record: the sample's image as a uint8 HWC tensor, or None and an error."""
-    record = {"key": sample["__key__"], "url": sample["__url__"], "image": None, "error": None}
-    try:
-        record["image"] = torch.from_numpy(_decoded_image(sample))
-    except ValueError as error:
-        record["error"] = str(error)
-    return record
-
-
-def _decoded_image(sample: dict[str, Any]) -> Any:
-    if "__error__" in sample:
-        raise ValueError(sample["__error__"])
-    extension = next((ext for ext in IMAGE_EXTENSIONS if ext in sample), None)
-    if extension is None:
-        raise ValueError(NO_IMAGE_ERROR)
-    return decode_image(sample[extension])
-
-
 def collate_records(records: list[dict[str, Any]]) -> Batch:
     """Lists per field: images differ in size, and failed samples stay in the batch."""
     return {field: [record[field] for record in records] for field in BATCH_FIELDS}
@@ -137,7 +106,9 @@ class ShardSamples(IterableDataset):
         index = 0
         for url in split.urls:
             for sample in read_shard(url):
-                keep = split.keeps(index) and (url, sample["__key__"]) not in self.skip_keys
+                # An error sample is never done: it is recorded again by every run.
+                done = sample.error is None and (url, sample.key) in self.skip_keys
+                keep = split.keeps(index) and not done
                 index += 1
                 if keep:
                     yield decode_sample(sample)

@@ -2,7 +2,8 @@
 
 Each image's original bytes are stored under its lowercase extension (jpeg as jpg). Keys
 are the image's relative path without extension, with `/` and `.` replaced, so they hold
-no dots; a key already taken gets a `_2`, `_3`, ... suffix.
+no dots and read back unchanged (data/datamodule.py `split_name`); a key already taken
+gets a `_2`, `_3`, ... suffix.
 """
 
 from __future__ import annotations

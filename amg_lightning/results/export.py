@@ -1,6 +1,10 @@
 """Export a run's RLE shards as a COCO results json and/or amg.py's PNG mask folders.
 
 amg-export RUN_DIR --coco masks.json --png masks/
+
+Each image's PNG folder is named by `UniqueNames` (results/names.py): the key made safe,
+and `~2`, `~3`, ... for the same key met again (from another input shard), in the order
+of the run's shards. COCO images keep the key as `file_name` and the input shard as `url`.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from amg_lightning.data.tar_reader import DamagedTar
+from amg_lightning.results.names import UniqueNames
 from amg_lightning.results.run_folder import shard_paths
 from amg_lightning.results.shards import iter_results
 
@@ -36,6 +42,7 @@ def coco_results(results: Iterable[dict[str, Any]]) -> dict[str, Any]:
             {
                 "id": image_id,
                 "file_name": image["key"],
+                "url": image["url"],
                 "height": image["height"],
                 "width": image["width"],
             }
@@ -62,13 +69,15 @@ def _coco_annotation(record: dict[str, Any], annotation_id: int, image_id: int) 
 
 
 def write_mask_folders(results: Iterable[dict[str, Any]], output_dir: str | Path) -> int:
-    """Segment Anything's amg.py layout: per image key, `{i}.png` masks and `metadata.csv`.
+    """Segment Anything's amg.py layout: per image, `{i}.png` masks and `metadata.csv` in a
+    folder named safely after its key (never outside `output_dir`).
 
     Returns how many images were written.
     """
+    names = UniqueNames()
     written = 0
     for result in results:
-        folder = Path(output_dir) / result["image"]["key"]
+        folder = Path(output_dir) / names.name_for(result["image"]["key"])
         folder.mkdir(parents=True, exist_ok=True)
         rows = [METADATA_HEADER]
         for index, record in enumerate(result["annotations"]):
@@ -105,22 +114,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _export(shards: list[Path], coco_path: Path | None, png_dir: Path | None) -> None:
+    """Write what was asked for; raises DamagedTar, naming the shard, if one is damaged."""
+    if coco_path is not None:
+        coco = coco_results(iter_results(shards))
+        coco_path.parent.mkdir(parents=True, exist_ok=True)
+        coco_path.write_text(json.dumps(coco))
+        counts = f"{len(coco['images'])} images, {len(coco['annotations'])} masks"
+        print(f"wrote {counts} to {coco_path}")
+    if png_dir is not None:
+        images = write_mask_folders(iter_results(shards), png_dir)
+        print(f"wrote mask folders for {images} images to {png_dir}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """`amg-export`."""
     args = parse_args(argv)
     shards = shard_paths(args.output_dir)
     if not shards:
         sys.exit(f"no complete masks-*.tar shards in {args.output_dir}")
-    if args.coco is not None:
-        coco = coco_results(iter_results(shards))
-        args.coco.parent.mkdir(parents=True, exist_ok=True)
-        args.coco.write_text(json.dumps(coco))
-        print(
-            f"wrote {len(coco['images'])} images, {len(coco['annotations'])} masks to {args.coco}"
-        )
-    if args.png is not None:
-        images = write_mask_folders(iter_results(shards), args.png)
-        print(f"wrote mask folders for {images} images to {args.png}")
+    try:
+        _export(shards, args.coco, args.png)
+    except DamagedTar as damage:
+        sys.exit(f"error: {damage}")
     return 0
 
 

@@ -2,6 +2,10 @@
 
 amg-visualize RUN_DIR --out pictures/
 amg-visualize masks.json --images photos/ --out pictures/
+
+Pictures are named after their keys made safe (results/names.py), `~2`, `~3`, ... for a
+key met again, so nothing is written outside the --out folder and nothing is overwritten;
+for a run folder, the names are those of amg-export's PNG folders.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import sys
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
@@ -19,8 +24,10 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from amg_lightning.data.datamodule import decode_sample, read_shard
 from amg_lightning.data.decode import decode_image
+from amg_lightning.data.samples import ShardSample, decode_sample, read_shard
+from amg_lightning.data.tar_reader import DamagedTar
+from amg_lightning.results.names import UniqueNames
 from amg_lightning.results.shards import iter_results
 
 USAGE = __doc__
@@ -70,7 +77,7 @@ def draw_masks(
     return drawn
 
 
-# (key, RGB image, mask RLEs) for one picture.
+# (file name without `.png`, RGB image, mask RLEs) for one picture.
 Picture = tuple[str, np.ndarray, list[dict[str, Any]]]
 
 
@@ -80,48 +87,76 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("source", type=Path, help="prediction output dir, or a COCO json")
     parser.add_argument("--images", type=Path, help="folder of the COCO json's file_names")
-    parser.add_argument("--out", type=Path, required=True, help="folder for <key>.png")
+    parser.add_argument("--out", type=Path, required=True, help="folder for <safe key>.png")
     parser.add_argument("--seed", type=int, default=0, help="seed of the mask colours")
     return parser.parse_args(argv)
 
 
 def pictures_from_results(output_dir: Path) -> Iterator[Picture]:
-    """Each result with its image, read back from the input shard its `image.url` names."""
+    """Each result with its own image: the sample of its key in the input shard its
+    `image.url` names, since a sample's identity is its url and key. Names are given in
+    the order of the results, as amg-export gives its folders."""
+    names = UniqueNames()
     by_shard = itertools.groupby(iter_results(output_dir), key=lambda r: r["image"]["url"])
     for url, results in by_shard:
-        wanted = {result["image"]["key"]: result for result in results}
+        wanted = {r["image"]["key"]: (names.name_for(r["image"]["key"]), r) for r in results}
         for sample in read_shard(url):
-            result = wanted.pop(sample["__key__"], None)
-            if result is None:
-                continue
-            record = decode_sample(sample)
-            if record["error"] is not None:
-                print(f"skipped {record['key']}: {record['error']}", file=sys.stderr)
-                continue
-            segmentations = [a["segmentation"] for a in result["annotations"]]
-            yield record["key"], record["image"].numpy(), segmentations
+            # Error samples (damage, a repeated key) were never segmented; skip them.
+            named = wanted.pop(sample.key, None) if sample.error is None else None
+            picture = None if named is None else _picture(sample, *named)
+            if picture is not None:
+                yield picture
         for key in wanted:
-            print(f"skipped {key}: not found in {url}", file=sys.stderr)
+            print(f"skipped {key!r}: not found in {url}", file=sys.stderr)
+
+
+def _picture(sample: ShardSample, name: str, result: dict[str, Any]) -> Picture | None:
+    """The sample's image with its result's masks, or None (and why) if they do not fit."""
+    record = decode_sample(sample)
+    if record["error"] is not None:
+        print(f"skipped {sample.key!r}: {record['error']}", file=sys.stderr)
+        return None
+    image = record["image"].numpy()
+    segmented = (result["image"]["height"], result["image"]["width"])
+    if image.shape[:2] != segmented:
+        print(
+            f"skipped {sample.key!r}: its image in {sample.url} is {image.shape[:2]}, "
+            f"not the {segmented} it was segmented at",
+            file=sys.stderr,
+        )
+        return None
+    return name, image, [a["segmentation"] for a in result["annotations"]]
 
 
 def pictures_from_coco(coco_json: Path, images_dir: Path) -> Iterator[Picture]:
-    """Each image of a COCO json (`images`, `annotations`) with its RLE segmentations."""
+    """Each image of a COCO json (`images`, `annotations`) with its RLE segmentations.
+
+    A `file_name` that points outside `images_dir` is skipped: it is data, not a path to trust.
+    """
     coco = json.loads(coco_json.read_text())
+    names = UniqueNames()
     segmentations = defaultdict(list)
     for annotation in coco["annotations"]:
         segmentations[annotation["image_id"]].append(annotation["segmentation"])
     for image in coco["images"]:
-        pixels = decode_image((images_dir / image["file_name"]).read_bytes())
-        yield Path(image["file_name"]).stem, pixels, segmentations[image["id"]]
+        file_name = image["file_name"]
+        name = names.name_for(os.path.splitext(file_name)[0])
+        path = Path(os.path.normpath(images_dir / file_name))
+        if not path.is_relative_to(os.path.normpath(images_dir)):
+            print(f"skipped {file_name!r}: it is outside {images_dir}", file=sys.stderr)
+            continue
+        pixels = decode_image(path.read_bytes())
+        yield name, pixels, segmentations[image["id"]]
 
 
 def write_pictures(pictures: Iterator[Picture], out_dir: Path, seed: int) -> int:
-    """Draw each picture's masks and write `<key>.png`; returns how many were written."""
+    """Draw each picture's masks and write it to `out_dir` as `<name>.png`; returns how many
+    were written."""
     count = 0
-    for key, image, rles in pictures:
-        path = out_dir / f"{key}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
+    for name, image, rles in pictures:
         drawn = draw_masks(image, rles, seed=seed)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / f"{name}.png"
         cv2.imwrite(str(path), cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
         count += 1
     return count
@@ -136,5 +171,8 @@ def main(argv: list[str] | None = None) -> None:
         pictures = pictures_from_coco(args.source, args.images)
     else:
         pictures = pictures_from_results(args.source)
-    count = write_pictures(pictures, args.out, args.seed)
+    try:
+        count = write_pictures(pictures, args.out, args.seed)
+    except DamagedTar as damage:
+        sys.exit(f"error: {damage}")
     print(f"wrote {count} pictures to {args.out}")

@@ -18,6 +18,7 @@ import torch
 import webdataset as wds
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from amg_lightning.results.names import UniqueNames
 from amg_lightning.results.run_folder import (
     RANK_FILE,
     counts_path,
@@ -140,7 +141,9 @@ class RleShardWriter(BasePredictionWriter):
     def _write_image(self, result: dict[str, Any]) -> None:
         if self._shard is None:
             self._open_shard()
-        self._shard.write({"__key__": result["key"], "json": self._record(result)})
+        # Keys are data: the member is named safely; the record's `image` keeps the real key.
+        member = self._member_names.name_for(result["key"])
+        self._shard.write({"__key__": member, "json": self._record(result)})
         self._counts["images"] += 1
         self._counts["masks"] += len(result["annotations"])
         self._shard_images += 1
@@ -157,6 +160,7 @@ class RleShardWriter(BasePredictionWriter):
         self._shard_path = self.output_dir / shard_name(self.rank, self._next_number)
         self._stream = unfinished_path(self._shard_path).open("wb")
         self._shard = wds.TarWriter(self._stream)
+        self._member_names = UniqueNames()
         self._next_number += 1
         self._shard_images = 0
 
