@@ -25,7 +25,7 @@ from webdataset.tariterators import group_by_keys, tar_file_iterator
 from amg_lightning.data.decode import IMAGE_EXTENSIONS, decode_image
 
 Batch = dict[str, list[Any]]
-BATCH_FIELDS = ("key", "url", "image", "error")
+BATCH_FIELDS = ("key", "url", "file_name", "image", "error")
 NO_IMAGE_ERROR = f"no image member ({', '.join(IMAGE_EXTENSIONS)})"
 
 
@@ -91,8 +91,19 @@ def read_shard(url: str) -> Iterator[dict[str, Any]]:
 
 
 def decode_sample(sample: dict[str, Any]) -> dict[str, Any]:
-    """A batch record: the sample's image as a uint8 HWC tensor, or None and an error."""
-    record = {"key": sample["__key__"], "url": sample["__url__"], "image": None, "error": None}
+    """A batch record: the sample's image as a uint8 HWC tensor, or None and an error.
+
+    `file_name` is the image member's name as webdataset reads it (`key.ext`, the extension
+    lowercased), None where the sample has no image member.
+    """
+    key, extension = sample["__key__"], _image_extension(sample)
+    record = {
+        "key": key,
+        "url": sample["__url__"],
+        "file_name": None if extension is None else f"{key}.{extension}",
+        "image": None,
+        "error": None,
+    }
     try:
         record["image"] = torch.from_numpy(_decoded_image(sample))
     except ValueError as error:
@@ -103,10 +114,14 @@ def decode_sample(sample: dict[str, Any]) -> dict[str, Any]:
 def _decoded_image(sample: dict[str, Any]) -> Any:
     if "__error__" in sample:
         raise ValueError(sample["__error__"])
-    extension = next((ext for ext in IMAGE_EXTENSIONS if ext in sample), None)
+    extension = _image_extension(sample)
     if extension is None:
         raise ValueError(NO_IMAGE_ERROR)
     return decode_image(sample[extension])
+
+
+def _image_extension(sample: dict[str, Any]) -> str | None:
+    return next((ext for ext in IMAGE_EXTENSIONS if ext in sample), None)
 
 
 def collate_records(records: list[dict[str, Any]]) -> Batch:

@@ -1,7 +1,8 @@
 """Reading back the RLE shards a run writes.
 
-Each shard sample is `{"image": {"key", "url", "height", "width"}, "annotations": [...]}`
-with annotations in COCO-RLE form, as `RleShardWriter` writes them.
+Each shard sample is `{"image": {"key", "url", "file_name", "height", "width", "image_id"},
+"annotations": [...]}` with annotations in COCO-RLE form and an `id` each, as `RleShardWriter`
+writes them.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ from amg_lightning.results.run_folder import (
     write_json_atomically,
 )
 from amg_lightning.results.shards import shard_keys
+from amg_lightning.run.ids import MAX_SHARD_SIZE, annotation_id, image_id
 
 COUNT_NAMES = ("images", "masks", "errors")
 
@@ -46,8 +47,8 @@ class RleShardWriter(BasePredictionWriter):
 
     def __init__(self, output_dir: str, shard_size: int = 1000, config: dict | None = None) -> None:
         super().__init__(write_interval="batch")
-        if shard_size < 1:
-            raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+        if not 1 <= shard_size <= MAX_SHARD_SIZE:
+            raise ValueError(f"shard_size must be in 1..{MAX_SHARD_SIZE}, got {shard_size}")
         self.output_dir = Path(output_dir)
         self.shard_size = shard_size
         self.config = config or {}
@@ -56,6 +57,7 @@ class RleShardWriter(BasePredictionWriter):
         self._shard: wds.TarWriter | None = None
         self._shard_path: Path | None = None
         self._shard_images = 0
+        self._shard_masks = 0
         self._counts = dict.fromkeys(COUNT_NAMES, 0)
         self._started = 0.0
 
@@ -127,11 +129,20 @@ class RleShardWriter(BasePredictionWriter):
     def _write_image(self, result: dict[str, Any]) -> None:
         if self._shard is None:
             self._open_shard()
-        image = {name: result[name] for name in ("key", "url", "height", "width")}
-        sample = {"image": image, "annotations": result["annotations"]}
+            self._shard_masks = 0
+        # Ids from the record's place in its shard: unique in the folder (see run/ids.py).
+        _, number = shard_rank_and_number(self._shard_path)
+        image = {name: result[name] for name in ("key", "url", "file_name", "height", "width")}
+        image["image_id"] = image_id(self.rank, number, self._shard_images)
+        annotations = [
+            {"id": annotation_id(self.rank, number, self._shard_masks + index), **record}
+            for index, record in enumerate(result["annotations"])
+        ]
+        sample = {"image": image, "annotations": annotations}
         self._shard.write({"__key__": result["key"], "json": sample})
+        self._shard_masks += len(annotations)
         self._counts["images"] += 1
-        self._counts["masks"] += len(result["annotations"])
+        self._counts["masks"] += len(annotations)
         self._shard_images += 1
         if self._shard_images >= self.shard_size:
             self._finish_shard()
