@@ -1,6 +1,6 @@
-"""Export a run's RLE shards as a COCO results json and/or amg.py's PNG mask folders.
+"""Export a run's RLE shards as a COCO results json, amg.py's PNG mask folders, SA-1B jsons.
 
-amg-export RUN_DIR --coco masks.json --png masks/
+amg-export RUN_DIR --coco masks.json --png masks/ --sa1b sa1b/
 """
 
 from __future__ import annotations
@@ -24,6 +24,17 @@ METADATA_HEADER = (
     "predicted_iou,stability_score,crop_box_x0,crop_box_y0,crop_box_w,crop_box_h"
 )
 COCO_CATEGORY = {"id": 1, "name": "object"}
+SA1B_IMAGE_FIELDS = ("image_id", "width", "height", "file_name")
+SA1B_ANNOTATION_FIELDS = (
+    "id",
+    "segmentation",
+    "bbox",
+    "area",
+    "predicted_iou",
+    "stability_score",
+    "crop_box",
+    "point_coords",
+)
 
 
 def coco_results(results: Iterable[dict[str, Any]]) -> dict[str, Any]:
@@ -94,14 +105,71 @@ def _metadata_row(index: int, record: dict[str, Any]) -> str:
     return ",".join(str(value) for value in values)
 
 
+class RecordWithoutIdsError(ValueError):
+    """A shard record without image_id, file_name and annotation ids."""
+
+
+def sa1b_record(result: dict[str, Any]) -> dict[str, Any]:
+    """One image's SA-1B json: `{"image": {...}, "annotations": [...]}` with SA-1B's fields.
+
+    Raises RecordWithoutIdsError for shards written before records had ids.
+    """
+    image = result["image"]
+    if "image_id" not in image:
+        raise RecordWithoutIdsError(f"the record of {image['key']!r} has no image_id")
+    return {
+        "image": {name: image[name] for name in SA1B_IMAGE_FIELDS},
+        "annotations": [
+            {name: record[name] for name in SA1B_ANNOTATION_FIELDS}
+            for record in result["annotations"]
+        ],
+    }
+
+
+def write_sa1b(results: Iterable[dict[str, Any]], output_dir: str | Path) -> int:
+    """One SA-1B json per image, named by its key; returns how many were written.
+
+    A key that is not a plain file name, that an earlier image of the run already has, or
+    whose file cannot be written, is skipped with a message on stderr, so nothing lands
+    outside `output_dir` or over another image's file.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    written: set[str] = set()
+    for result in results:
+        key = result["image"]["key"]
+        name = _json_name(key)
+        if name is None or name in written:
+            reason = "another image has the same key" if name else "not a plain file name"
+            print(f"skipped image {key!r}: {reason}", file=sys.stderr)
+            continue
+        try:
+            (output_dir / name).write_text(json.dumps(sa1b_record(result)))
+        except OSError as err:
+            print(f"skipped image {key!r}: {err.strerror}", file=sys.stderr)
+            continue
+        written.add(name)
+    return len(written)
+
+
+# The one place an SA-1B file name is made from a key, which is untrusted data: to be routed
+# through results/names.py's safe_name(key) where that exists.
+def _json_name(key: str) -> str | None:
+    """`{key}.json`, or None for a key that could name a path outside the folder."""
+    if not key or any(part in key for part in ("/", "\\", "..", "\0")):
+        return None
+    return f"{key}.json"
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("output_dir", type=Path, help="the run's output folder of masks-*.tar")
     parser.add_argument("--coco", type=Path, help="write COCO results json here")
     parser.add_argument("--png", type=Path, help="write a folder of masks per image here")
+    parser.add_argument("--sa1b", type=Path, help="write one SA-1B json per image here")
     args = parser.parse_args(argv)
-    if args.coco is None and args.png is None:
-        parser.error("give --coco, --png or both")
+    if args.coco is None and args.png is None and args.sa1b is None:
+        parser.error("give one or more of --coco, --png, --sa1b")
     return args
 
 
@@ -121,6 +189,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.png is not None:
         images = write_mask_folders(iter_results(shards), args.png)
         print(f"wrote mask folders for {images} images to {args.png}")
+    if args.sa1b is not None:
+        try:
+            images = write_sa1b(iter_results(shards), args.sa1b)
+        except RecordWithoutIdsError as err:
+            sys.exit(f"{err}: its shards were written by an older version; predict them again")
+        print(f"wrote SA-1B jsons for {images} images to {args.sa1b}")
     return 0
 
 

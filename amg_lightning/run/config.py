@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from amg_lightning.core.models import MODEL_TYPES
 from amg_lightning.core.settings import SETTING_NAMES, AmgSettings
+from amg_lightning.data.count import is_count_mode
 from amg_lightning.data.datamodule import resolve_urls
 from amg_lightning.results.run_folder import shard_paths
 
@@ -65,6 +66,17 @@ def _check_data(data: DictConfig) -> None:
         value = data[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ConfigError(f"data.{key} must be an integer >= {low}, got {value!r}")
+    _check_counting(data)
+
+
+def _check_counting(data: DictConfig) -> None:
+    if not is_count_mode(data.count_samples):
+        raise ConfigError(
+            f"data.count_samples must be auto, true or false, got {data.count_samples!r}"
+        )
+    seconds = data.count_seconds
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0:
+        raise ConfigError(f"data.count_seconds must be a number > 0, got {seconds!r}")
 
 
 def _check_output_dir(output_dir: Path, resume: bool) -> None:
