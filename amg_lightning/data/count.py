@@ -73,7 +73,8 @@ def count_reader_samples(
             "bar shows no total; data.count_samples=true counts however long it takes"
         )
         return None
-    log.info(f"{sum(counts)} images to do, counted in {time.monotonic() - started:.1f} s")
+    seconds = time.monotonic() - started
+    log.info(f"images to do: {sum(counts)} (counted from tar headers in {seconds:.1f} s)")
     return counts
 
 
