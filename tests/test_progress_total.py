@@ -148,3 +148,20 @@ def test_predict_logs_the_count_and_resume_subtracts(tmp_path: Path) -> None:
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert re.search(r"images to do: 1\b", resumed.stdout), resumed.stdout
     assert "1/1" in resumed.stderr + resumed.stdout
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.count_samples=maybe", "data.count_samples must be auto, true or false, got 'maybe'"),
+        ("data.count_seconds=0", "data.count_seconds must be a number > 0, got 0"),
+    ],
+)
+def test_bad_counting_setting_is_one_line(tmp_path: Path, override: str, message: str) -> None:
+    write_jpeg_shards(tmp_path / "shards", [1])
+    args = ["model=tiny", f"data.urls={tmp_path / 'shards'}", f"output_dir={tmp_path / 'out'}"]
+    finished = run_predict([*args, override], tmp_path, timeout=120)
+    assert finished.returncode == 2
+    assert f"error: {message}" in finished.stdout + finished.stderr
+    assert "Traceback" not in finished.stdout + finished.stderr
