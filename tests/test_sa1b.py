@@ -181,6 +181,9 @@ def test_ids_unique_over_two_ddp_ranks_and_a_resume_on_one(tmp_path: Path) -> No
     env = {"OMP_NUM_THREADS": "1"}  # two ranks on two cores
     first = run_predict([*args, *ddp], tmp_path, timeout=240, env=env)
     assert first.returncode == 0, first.stdout + first.stderr
+    # Rank 0 reads shards 0 and 2 (5 images): its bar counts its own share.
+    assert "images to do: 5 " in first.stdout
+    assert "5/5" in first.stdout
     lost = out / "masks-r001-000000.tar"
     assert lost.is_file()
     lost.unlink()

@@ -113,6 +113,5 @@ def _member_names(url: str) -> Iterator[str]:
 
 
 def _is_metadata(name: str) -> bool:
-    return ("/" not in name and name.startswith("__") and name.endswith("__")) or bool(
-        _META_NAME.match(name)
-    )
+    top_level_meta = "/" not in name and name.startswith("__") and name.endswith("__")
+    return top_level_meta or _META_NAME.match(name) is not None
