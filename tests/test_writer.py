@@ -53,7 +53,9 @@ class ThresholdModule(lightning.LightningModule):
         if batch_idx == self.fail_at_batch:
             raise RuntimeError("interrupted")
         fields = zip(batch["key"], batch["url"], batch["image"], batch["error"], strict=True)
-        return [self._result(key, url, image, error) for key, url, image, error in fields]
+        results = [self._result(key, url, image, error) for key, url, image, error in fields]
+        names = batch["file_name"]
+        return [{**r, "file_name": name} for r, name in zip(results, names, strict=True)]
 
     @staticmethod
     def _result(key: str, url: str, image: Any, error: str | None) -> dict[str, Any]:
@@ -124,7 +126,14 @@ def test_shards_rotate_and_hold_each_image(tmp_path: Path, inputs: tuple[str, li
     good_keys = [k for k in keys if k != "img3"]
     assert [r["image"]["key"] for r in results] == good_keys
     first = results[0]
-    assert first["image"] == {"key": "img0", "url": url, "height": 6, "width": 8}
+    assert first["image"] == {
+        "key": "img0",
+        "url": url,
+        "file_name": "img0.png",
+        "height": 6,
+        "width": 8,
+        "image_id": 1,
+    }
     bright = mask_utils.decode(first["annotations"][0]["segmentation"])
     np.testing.assert_array_equal(bright, np.repeat([[1], [1], [1], [0], [0], [0]], 8, axis=1))
     assert completed_samples(out, move_damaged=False) == {(url, key) for key in good_keys}

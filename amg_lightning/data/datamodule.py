@@ -12,6 +12,7 @@ data/samples.py.
 from __future__ import annotations
 
 import glob
+import math
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +22,12 @@ import lightning
 from braceexpand import braceexpand
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from amg_lightning.data.count import already_done, count_reader_samples, is_remote
 from amg_lightning.data.samples import decode_sample, read_shard
 from amg_lightning.utils.signals import ignore_stop_signals
 
 Batch = dict[str, list[Any]]
-BATCH_FIELDS = ("key", "url", "image", "error")
+BATCH_FIELDS = ("key", "url", "file_name", "image", "error")
 
 
 def resolve_urls(urls: str | Sequence[str]) -> list[str]:
@@ -50,7 +52,7 @@ def resolve_urls(urls: str | Sequence[str]) -> list[str]:
 
 def _expand_local(url: str) -> list[str]:
     """A directory's `*.tar` files, a glob's matches, an existing file, or a remote url."""
-    if "://" in url or url.startswith("pipe:"):
+    if is_remote(url):
         return [url]
     path = Path(url)
     if path.is_dir():
@@ -107,7 +109,7 @@ class ShardSamples(IterableDataset):
         for url in split.urls:
             for sample in read_shard(url):
                 # An error sample is never done: it is recorded again by every run.
-                done = sample.error is None and (url, sample.key) in self.skip_keys
+                done = sample.error is None and already_done(url, sample.key, self.skip_keys)
                 keep = split.keeps(index) and not done
                 index += 1
                 if keep:
@@ -131,6 +133,8 @@ class WebDatasetDataModule(lightning.LightningDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         skip_keys: Collection[tuple[str, str]] = (),
+        count_samples: str | bool = "auto",
+        count_seconds: float = 30.0,
     ) -> None:
         super().__init__()
         self.shard_urls = resolve_urls(urls)
@@ -138,6 +142,8 @@ class WebDatasetDataModule(lightning.LightningDataModule):
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.skip_keys = skip_keys
+        self.count_samples = count_samples
+        self.count_seconds = count_seconds
         self.rank = 0
         self.world_size = 1
 
@@ -146,6 +152,20 @@ class WebDatasetDataModule(lightning.LightningDataModule):
         if self.trainer is not None:
             self.rank = self.trainer.global_rank
             self.world_size = self.trainer.world_size
+
+    def count_predict_batches(self) -> int | None:
+        """This rank's batches still to do, counted from tar headers (see data/count.py).
+
+        None where `count_samples` is false, a shard is remote, or in `auto` mode counting
+        takes longer than `count_seconds`.
+        """
+        workers = max(self.num_workers, 1)
+        readers = range(self.rank * workers, (self.rank + 1) * workers)
+        splits = [split_for_reader(self.shard_urls, r, self.world_size * workers) for r in readers]
+        counts = count_reader_samples(
+            splits, self.skip_keys, self.count_samples, self.count_seconds
+        )
+        return None if counts is None else sum(math.ceil(n / self.batch_size) for n in counts)
 
     def predict_dataloader(self) -> DataLoader:
         samples = ShardSamples(self.shard_urls, self.rank, self.world_size, self.skip_keys)

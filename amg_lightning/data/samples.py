@@ -163,8 +163,19 @@ def _shard_error(url: str, message: str) -> ShardSample:
 
 
 def decode_sample(sample: ShardSample) -> dict[str, Any]:
-    """A batch record: the sample's image as a uint8 HWC tensor, or None and an error."""
-    record = {"key": sample.key, "url": sample.url, "image": None, "error": sample.error}
+    """A batch record: the sample's image as a uint8 HWC tensor, or None and an error.
+
+    `file_name` is the image member's name (`key.ext`, the extension lowercased), None where
+    the sample has no image member.
+    """
+    extension = None if sample.error is not None else sample.image_extension()
+    record = {
+        "key": sample.key,
+        "url": sample.url,
+        "file_name": None if extension is None else f"{sample.key}.{extension}",
+        "image": None,
+        "error": sample.error,
+    }
     if sample.error is None:
         try:
             record["image"] = torch.from_numpy(decode_image(image_member(sample)))

@@ -1,10 +1,11 @@
-"""Export a run's RLE shards as a COCO results json and/or amg.py's PNG mask folders.
+"""Export a run's RLE shards as a COCO results json, amg.py's PNG mask folders, SA-1B jsons.
 
-amg-export RUN_DIR --coco masks.json --png masks/
+amg-export RUN_DIR --coco masks.json --png masks/ --sa1b sa1b/
 
-Each image's PNG folder is named by `UniqueNames` (results/names.py): the key made safe,
-and `~2`, `~3`, ... for the same key met again (from another input shard), in the order
-of the run's shards. COCO images keep the key as `file_name` and the input shard as `url`.
+Each image's PNG folder and SA-1B json is named by `UniqueNames` (results/names.py): the
+key made safe, and `~2`, `~3`, ... for the same key met again (from another input shard),
+in the order of the run's shards. COCO images keep the key as `file_name` and the input
+shard as `url`.
 """
 
 from __future__ import annotations
@@ -30,6 +31,17 @@ METADATA_HEADER = (
     "predicted_iou,stability_score,crop_box_x0,crop_box_y0,crop_box_w,crop_box_h"
 )
 COCO_CATEGORY = {"id": 1, "name": "object"}
+SA1B_IMAGE_FIELDS = ("image_id", "width", "height", "file_name")
+SA1B_ANNOTATION_FIELDS = (
+    "id",
+    "segmentation",
+    "bbox",
+    "area",
+    "predicted_iou",
+    "stability_score",
+    "crop_box",
+    "point_coords",
+)
 
 
 def coco_results(results: Iterable[dict[str, Any]]) -> dict[str, Any]:
@@ -103,18 +115,56 @@ def _metadata_row(index: int, record: dict[str, Any]) -> str:
     return ",".join(str(value) for value in values)
 
 
+class RecordWithoutIdsError(ValueError):
+    """A shard record without image_id, file_name and annotation ids."""
+
+
+def sa1b_record(result: dict[str, Any]) -> dict[str, Any]:
+    """One image's SA-1B json: `{"image": {...}, "annotations": [...]}` with SA-1B's fields.
+
+    Raises RecordWithoutIdsError for shards written before records had ids.
+    """
+    image = result["image"]
+    if "image_id" not in image:
+        raise RecordWithoutIdsError(f"the record of {image['key']!r} has no image_id")
+    return {
+        "image": {name: image[name] for name in SA1B_IMAGE_FIELDS},
+        "annotations": [
+            {name: record[name] for name in SA1B_ANNOTATION_FIELDS}
+            for record in result["annotations"]
+        ],
+    }
+
+
+def write_sa1b(results: Iterable[dict[str, Any]], output_dir: str | Path) -> int:
+    """One SA-1B json per image, named safely after its key (never outside `output_dir`);
+    returns how many were written."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    names = UniqueNames()
+    written = 0
+    for result in results:
+        name = names.name_for(result["image"]["key"]) + ".json"
+        (output_dir / name).write_text(json.dumps(sa1b_record(result)))
+        written += 1
+    return written
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("output_dir", type=Path, help="the run's output folder of masks-*.tar")
     parser.add_argument("--coco", type=Path, help="write COCO results json here")
     parser.add_argument("--png", type=Path, help="write a folder of masks per image here")
+    parser.add_argument("--sa1b", type=Path, help="write one SA-1B json per image here")
     args = parser.parse_args(argv)
-    if args.coco is None and args.png is None:
-        parser.error("give --coco, --png or both")
+    if args.coco is None and args.png is None and args.sa1b is None:
+        parser.error("give one or more of --coco, --png, --sa1b")
     return args
 
 
-def _export(shards: list[Path], coco_path: Path | None, png_dir: Path | None) -> None:
+def _export(
+    shards: list[Path], coco_path: Path | None, png_dir: Path | None, sa1b_dir: Path | None
+) -> None:
     """Write what was asked for; raises DamagedTar, naming the shard, if one is damaged."""
     if coco_path is not None:
         coco = coco_results(iter_results(shards))
@@ -125,6 +175,9 @@ def _export(shards: list[Path], coco_path: Path | None, png_dir: Path | None) ->
     if png_dir is not None:
         images = write_mask_folders(iter_results(shards), png_dir)
         print(f"wrote mask folders for {images} images to {png_dir}")
+    if sa1b_dir is not None:
+        images = write_sa1b(iter_results(shards), sa1b_dir)
+        print(f"wrote SA-1B jsons for {images} images to {sa1b_dir}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,9 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     if not shards:
         sys.exit(f"no complete masks-*.tar shards in {args.output_dir}")
     try:
-        _export(shards, args.coco, args.png)
+        _export(shards, args.coco, args.png, args.sa1b)
     except DamagedTar as damage:
         sys.exit(f"error: {damage}")
+    except RecordWithoutIdsError as err:
+        sys.exit(f"error: {err}: its shards were written by an older version; predict them again")
     return 0
 
 

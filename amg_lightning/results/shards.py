@@ -1,9 +1,9 @@
 """Reading back the RLE shards a run writes.
 
-Each shard sample is `{"image": {"key", "url", "height", "width"}, "annotations": [...]}`
-with annotations in COCO-RLE form, as `RleShardWriter` writes them. A sample's identity is
-its `image` field (url and key); member names are only safe names made from keys
-(`results/names.py`) and are never read back as keys.
+Each shard sample is `{"image": {"key", "url", "file_name", "height", "width", "image_id"},
+"annotations": [...]}` with annotations in COCO-RLE form and an `id` each, as `RleShardWriter`
+writes them. A sample's identity is its `image` field (url and key); member names are only
+safe names made from keys (`results/names.py`) and are never read back as keys.
 """
 
 from __future__ import annotations

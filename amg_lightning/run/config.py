@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from amg_lightning.core.models import MODEL_TYPES
 from amg_lightning.core.settings import SETTING_NAMES, AmgSettings
+from amg_lightning.data.count import is_count_mode
 from amg_lightning.results.run_folder import SHARD_OUTPUT_MODE
 
 
@@ -115,6 +116,17 @@ def _check_data(data: DictConfig) -> None:
         )
     _check_integer("data.batch_size", data.batch_size, 1)
     _check_integer("data.num_workers", data.num_workers, 0)
+    _check_counting(data)
+
+
+def _check_counting(data: DictConfig) -> None:
+    if not is_count_mode(data.count_samples):
+        raise ConfigError(
+            f"data.count_samples must be auto, true or false, got {data.count_samples!r}"
+        )
+    seconds = data.count_seconds
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0:
+        raise ConfigError(f"data.count_seconds must be a number > 0, got {seconds!r}")
 
 
 def _output_dir_is_fixed() -> bool:

@@ -17,9 +17,10 @@ from amg_lightning.results.run_folder import SHARD_OUTPUT_MODE
 class AmgModule(L.LightningModule):
     """Runs the complete crop-pyramid mask generation for every image of a batch.
 
-    Batches are `{"key", "url", "image", "error"}` lists as the WebDataset DataModule makes
-    them; each result is `{"key", "url", "height", "width", "annotations", "error"}` with
-    annotations in COCO RLE form. An image that fails keeps its key and carries the error.
+    Batches are `{"key", "url", "file_name", "image", "error"}` lists as the WebDataset
+    DataModule makes them; each result is `{"key", "url", "file_name", "height", "width",
+    "annotations", "error"}` with annotations in COCO RLE form. An image that fails keeps its
+    key and carries the error.
     """
 
     def __init__(
@@ -64,6 +65,7 @@ class AmgModule(L.LightningModule):
                 {
                     "key": key,
                     "url": batch["url"][i],
+                    "file_name": batch["file_name"][i],
                     "height": None if image is None else int(image.shape[0]),
                     "width": None if image is None else int(image.shape[1]),
                     "annotations": [] if failed else outcome,

@@ -31,6 +31,7 @@ from amg_lightning.results.run_folder import (
     unfinished_shard_paths,
     write_summary,
 )
+from amg_lightning.run.ids import MAX_SHARD_SIZE, annotation_id, image_id
 
 COUNT_NAMES = ("images", "masks", "errors")
 
@@ -51,8 +52,8 @@ class RleShardWriter(BasePredictionWriter):
         interrupted: Callable[[], bool] = lambda: False,
     ) -> None:
         super().__init__(write_interval="batch")
-        if shard_size < 1:
-            raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+        if not 1 <= shard_size <= MAX_SHARD_SIZE:
+            raise ValueError(f"shard_size must be in 1..{MAX_SHARD_SIZE}, got {shard_size}")
         self.output_dir = Path(output_dir)
         self.shard_size = shard_size
         self.config = config or {}
@@ -63,6 +64,7 @@ class RleShardWriter(BasePredictionWriter):
         self._stream: BinaryIO | None = None
         self._shard_path: Path | None = None
         self._shard_images = 0
+        self._shard_masks = 0
         self._counts = dict.fromkeys(COUNT_NAMES, 0)
         self._started = 0.0
 
@@ -132,20 +134,31 @@ class RleShardWriter(BasePredictionWriter):
         # Images already written are complete records; keep them rather than redo them.
         self._finish_shard()
 
-    @staticmethod
-    def _record(result: dict[str, Any]) -> dict[str, Any]:
-        """The json an image's shard sample holds; `image` identifies it (url and key)."""
-        image = {name: result[name] for name in ("key", "url", "height", "width")}
-        return {"image": image, "annotations": result["annotations"]}
+    def _record(self, result: dict[str, Any]) -> dict[str, Any]:
+        """The json an image's shard sample holds; `image` identifies it (url and key).
+
+        Ids come from the record's place in its shard, so they are unique in the folder
+        (see run/ids.py).
+        """
+        _, number = shard_rank_and_number(self._shard_path)
+        image = {name: result[name] for name in ("key", "url", "file_name", "height", "width")}
+        image["image_id"] = image_id(self.rank, number, self._shard_images)
+        annotations = [
+            {"id": annotation_id(self.rank, number, self._shard_masks + index), **record}
+            for index, record in enumerate(result["annotations"])
+        ]
+        return {"image": image, "annotations": annotations}
 
     def _write_image(self, result: dict[str, Any]) -> None:
         if self._shard is None:
             self._open_shard()
         # Keys are data: the member is named safely; the record's `image` keeps the real key.
         member = self._member_names.name_for(result["key"])
-        self._shard.write({"__key__": member, "json": self._record(result)})
+        sample = self._record(result)
+        self._shard.write({"__key__": member, "json": sample})
+        self._shard_masks += len(sample["annotations"])
         self._counts["images"] += 1
-        self._counts["masks"] += len(result["annotations"])
+        self._counts["masks"] += len(sample["annotations"])
         self._shard_images += 1
         if self._shard_images >= self.shard_size:
             self._finish_shard()
@@ -163,6 +176,7 @@ class RleShardWriter(BasePredictionWriter):
         self._member_names = UniqueNames()
         self._next_number += 1
         self._shard_images = 0
+        self._shard_masks = 0
 
     def _finish_shard(self) -> None:
         """Close the open shard, flush it to disk, and only then give it its final name."""
