@@ -60,7 +60,7 @@ def test_resumed_bar_leaves_out_what_is_done(tmp_path: Path) -> None:
     first = WebDatasetDataModule(str(shards / "in-000000.tar"), batch_size=2)
     predict_with_bar(first, RleShardWriter(str(out)))
     done = completed_samples(out, move_damaged=False)
-    assert done == {"img000", "img001", "img002"}
+    assert {key for _, key in done} == {"img000", "img001", "img002"}
 
     data = WebDatasetDataModule(str(shards), batch_size=2, skip_keys=done)
     bar = predict_with_bar(data, RleShardWriter(str(out)))
@@ -105,8 +105,9 @@ def add_member(tar: tarfile.TarFile, name: str, data: bytes = b"x") -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def test_header_count_groups_members_as_webdataset_does(tmp_path: Path) -> None:
-    """Metadata, folders, names without an extension, dotted folders, a key that comes back."""
+def test_header_count_groups_members_as_the_reader_does(tmp_path: Path) -> None:
+    """Metadata, folders, names without an extension, dotted folders, a key that comes back:
+    the header count groups them as data/samples.py reads them."""
     path = tmp_path / "odd.tar"
     with tarfile.open(path, "w") as tar:
         add_member(tar, "__meta__")
@@ -120,16 +121,18 @@ def test_header_count_groups_members_as_webdataset_does(tmp_path: Path) -> None:
         add_member(tar, "no_extension")
         add_member(tar, "c.png")
         add_member(tar, "a.txt")  # `a` again, after another key: a sample of its own
-    read = [(s["__url__"], s["__key__"]) for s in read_shard(str(path))]
+    read = [(s.url, s.key) for s in read_shard(str(path))]
 
     assert list(shard_samples(str(path))) == read
-    assert [key for _, key in read] == ["a", "folder.v2/b", "c", "a"]
+    # Every regular member is read (metadata too); `a` again is its repeat's error sample.
+    keys = ["__meta__", "a", "folder.v2/b.seg", "folder.v2/b", "no_extension", "c", "a"]
+    assert [key for _, key in read] == keys
 
 
 def test_unreadable_shard_counts_as_its_error_sample(tmp_path: Path) -> None:
     path = tmp_path / "not-a-tar.tar"
     path.write_bytes(b"plain text, not a tar file" * 40)
-    read = [(s["__url__"], s["__key__"]) for s in read_shard(str(path))]
+    read = [(s.url, s.key) for s in read_shard(str(path))]
 
     assert list(shard_samples(str(path))) == read == [(str(path), str(path))]
 

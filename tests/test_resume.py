@@ -75,7 +75,7 @@ def test_damaged_output_shard_is_moved_aside_and_redone(
         summary = run_in_process([*run, "resume=true"])
     aside = damaged.with_name(damaged.name + ".damaged")
     assert aside.read_bytes() == data  # moved, not deleted
-    assert f"shard {damaged} does not read back" in caplog.text
+    assert f"result shard {damaged} is damaged" in caplog.text
     assert f"moved aside to {aside.name}" in caplog.text
     assert samples(out) == complete
     assert summary["images"] == len(lost)

@@ -8,21 +8,19 @@ up after a time limit, so a huge local dataset does not wait long for a number.
 
 from __future__ import annotations
 
-import re
 import tarfile
 import time
 from collections.abc import Collection, Iterator, Sequence
 from typing import TYPE_CHECKING
 
-from amg_lightning.data.samples import split_name
+from amg_lightning.data.samples import ShardSample, split_name
+from amg_lightning.data.tar_reader import TarMember
 from amg_lightning.utils.logging import get_logger
 
 if TYPE_CHECKING:
     from amg_lightning.data.datamodule import WorkerSplit
 
 log = get_logger(__name__)
-# Members webdataset's tar_file_iterator skips as metadata (its skip_meta and meta prefix rule).
-_META_NAME = re.compile(r"__[^/]*__($|/)")
 
 
 class _TimeUp(Exception):
@@ -91,29 +89,29 @@ def _count_split(split: WorkerSplit, skip: Collection[tuple[str, str]], deadline
 def shard_samples(url: str) -> Iterator[tuple[str, str]]:
     """(url, key) of each sample of a local shard, in order, from its headers.
 
-    Members are grouped by data/samples.py's `split_name`, as the datamodule reads them. An
-    unreadable shard ends with (url, url), as `read_shard` ends it with one error sample.
+    Members are grouped by `ShardSample.accepts`, the rule the datamodule reads them by, with
+    no member's data. An unreadable shard ends with (url, url), as `read_shard` ends it with
+    one error sample.
     """
-    key = None
+    current: ShardSample | None = None
     try:
-        for name in _member_names(url):
-            member_key, _ = split_name(name, key)
-            if member_key != key:
-                key = member_key
-                yield url, key
+        for position, name in enumerate(_member_names(url), start=1):
+            member = TarMember(name, b"", position)
+            if current is not None and current.accepts(name):
+                current.add(member, split_name(name, current.key)[1])
+                continue
+            key, extension = split_name(name)
+            current = ShardSample(url, key, first=position)
+            current.add(member, extension)
+            yield url, key
     except (OSError, tarfile.TarError, ValueError):
         yield url, url
 
 
 def _member_names(url: str) -> Iterator[str]:
-    """Names of the regular, non-metadata members, read by seeking from header to header."""
+    """Names of the regular members, read by seeking from header to header."""
     with tarfile.open(url) as tar:
         while (member := tar.next()) is not None:
             tar.members = []  # nothing keeps the headers already seen: flat memory on big shards
-            if member.isreg() and not _is_metadata(member.name):
+            if member.isreg():
                 yield member.name
-
-
-def _is_metadata(name: str) -> bool:
-    top_level_meta = "/" not in name and name.startswith("__") and name.endswith("__")
-    return top_level_meta or _META_NAME.match(name) is not None
