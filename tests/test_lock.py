@@ -164,3 +164,16 @@ def test_other_ranks_accept_only_their_runs_lock(
     lock.release()
     assert not (out / "run.lock").exists()
     assert run_lock.RUN_ID_ENV not in os.environ
+
+
+def test_heartbeat_keeps_the_lock_fresh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(run_lock, "HEARTBEAT_S", 0.05)
+    monkeypatch.delenv(run_lock.RUN_ID_ENV, raising=False)
+    lock = RunLock.acquire(tmp_path, take_over_stale=False)
+    long_ago = time.time() - 3600
+    os.utime(lock.path, (long_ago, long_ago))
+    deadline = time.monotonic() + 10
+    while lock.path.stat().st_mtime < long_ago + 60 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert lock.path.stat().st_mtime > time.time() - 60
+    lock.release()
