@@ -46,7 +46,9 @@ Box = tuple[int, int, int, int]  # XYXY, exclusive end
 # columns, not the image's pixels.
 
 
-def runs_from_counts(counts: np.ndarray, size: tuple[int, int], offset: tuple[int, int]) -> np.ndarray:
+def runs_from_counts(
+    counts: np.ndarray, size: tuple[int, int], offset: tuple[int, int]
+) -> np.ndarray:
     """Column runs, moved by `offset` (x, y), of an RLE (internal counts) of an H x W mask."""
     height = size[0]
     ends = np.cumsum(counts)
@@ -288,7 +290,9 @@ def tile_masks(records: list[dict[str, Any]], grid: TileGrid, tile: int) -> list
 def merge_tile_masks(masks: list[TileMask], grid: TileGrid) -> list[TileMask]:
     """One mask per object from the masks of all tiles, by the rule in the module docstring."""
     boxes = [m.box for m in masks]
-    cut = [grid.inner_edge_gap(m.tile, box) < EDGE_MARGIN for m, box in zip(masks, boxes)]
+    cut = [
+        grid.inner_edge_gap(m.tile, box) < EDGE_MARGIN for m, box in zip(masks, boxes, strict=True)
+    ]
     dropped: set[int] = set()
     cut_links = []
     for i, j in _agreeing_pairs(masks, boxes, grid):
@@ -306,7 +310,9 @@ def merge_tile_masks(masks: list[TileMask], grid: TileGrid) -> list[TileMask]:
     for group in groups:
         if group[0] in dropped:
             continue
-        merged.append(masks[group[0]] if len(group) == 1 else _stitch([masks[k] for k in group], grid))
+        merged.append(
+            masks[group[0]] if len(group) == 1 else _stitch([masks[k] for k in group], grid)
+        )
     return merged
 
 

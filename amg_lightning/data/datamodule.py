@@ -22,7 +22,7 @@ from braceexpand import braceexpand
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
-from amg_lightning.data.decode import IMAGE_EXTENSIONS, decode_image
+from amg_lightning.data.decode import DEFAULT_MAX_IMAGE_PIXELS, IMAGE_EXTENSIONS, decode_image
 
 Batch = dict[str, list[Any]]
 BATCH_FIELDS = ("key", "url", "image", "error")
@@ -90,23 +90,25 @@ def read_shard(url: str) -> Iterator[dict[str, Any]]:
         yield {"__key__": url, "__url__": url, "__error__": f"unreadable shard: {error}"}
 
 
-def decode_sample(sample: dict[str, Any]) -> dict[str, Any]:
+def decode_sample(
+    sample: dict[str, Any], max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+) -> dict[str, Any]:
     """A batch record: the sample's image as a uint8 HWC tensor, or None and an error."""
     record = {"key": sample["__key__"], "url": sample["__url__"], "image": None, "error": None}
     try:
-        record["image"] = torch.from_numpy(_decoded_image(sample))
+        record["image"] = torch.from_numpy(_decoded_image(sample, max_image_pixels))
     except ValueError as error:
         record["error"] = str(error)
     return record
 
 
-def _decoded_image(sample: dict[str, Any]) -> Any:
+def _decoded_image(sample: dict[str, Any], max_image_pixels: int) -> Any:
     if "__error__" in sample:
         raise ValueError(sample["__error__"])
     extension = next((ext for ext in IMAGE_EXTENSIONS if ext in sample), None)
     if extension is None:
         raise ValueError(NO_IMAGE_ERROR)
-    return decode_image(sample[extension])
+    return decode_image(sample[extension], max_image_pixels)
 
 
 def collate_records(records: list[dict[str, Any]]) -> Batch:
@@ -118,9 +120,15 @@ class ShardSamples(IterableDataset):
     """Decoded samples of this reader's share of the shards, skipping `skip_keys`."""
 
     def __init__(
-        self, urls: Sequence[str], rank: int, world_size: int, skip_keys: Collection[str]
+        self,
+        urls: Sequence[str],
+        rank: int,
+        world_size: int,
+        skip_keys: Collection[str],
+        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     ) -> None:
         super().__init__()
+        self.max_image_pixels = max_image_pixels
         self.urls = list(urls)
         self.rank = rank
         self.world_size = world_size
@@ -134,7 +142,7 @@ class ShardSamples(IterableDataset):
                 keep = split.keeps(index) and sample["__key__"] not in self.skip_keys
                 index += 1
                 if keep:
-                    yield decode_sample(sample)
+                    yield decode_sample(sample, self.max_image_pixels)
 
     def _reader(self) -> tuple[int, int]:
         """This reader's global id and the number of readers over all ranks and workers."""
@@ -154,8 +162,10 @@ class WebDatasetDataModule(lightning.LightningDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         skip_keys: Collection[str] = (),
+        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     ) -> None:
         super().__init__()
+        self.max_image_pixels = max_image_pixels
         self.shard_urls = resolve_urls(urls)
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -171,7 +181,9 @@ class WebDatasetDataModule(lightning.LightningDataModule):
             self.world_size = self.trainer.world_size
 
     def predict_dataloader(self) -> DataLoader:
-        samples = ShardSamples(self.shard_urls, self.rank, self.world_size, self.skip_keys)
+        samples = ShardSamples(
+            self.shard_urls, self.rank, self.world_size, self.skip_keys, self.max_image_pixels
+        )
         return DataLoader(
             samples,
             batch_size=self.batch_size,
