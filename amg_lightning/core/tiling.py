@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -440,16 +441,28 @@ def _generate_one(
     per_tile: AutomaticMaskGenerator, image: np.ndarray, settings: AmgSettings
 ) -> list[dict[str, Any]]:
     grid = TileGrid.for_image(image.shape[:2], settings.tile_size, settings.tile_overlap)
-    masks: list[TileMask] = []
-    step = settings.crops_per_batch  # tiles share image-encoder batches as crops do
+    return merge_tiles(grid, _tile_records(per_tile, image, grid, settings), settings.output_mode)
+
+
+def _tile_records(
+    per_tile: AutomaticMaskGenerator, image: np.ndarray, grid: TileGrid, settings: AmgSettings
+) -> Iterator[tuple[int, list[dict[str, Any]]]]:
+    """(tile index, its records) for every tile; tiles share image-encoder batches as crops do."""
+    step = settings.crops_per_batch
     for first in range(0, len(grid), step):
         indices = range(first, min(first + step, len(grid)))
         tiles = [_cut(image, grid.box(t)) for t in indices]
-        for t, records in zip(indices, per_tile.generate_batch(tiles), strict=True):
-            masks.extend(tile_masks(records, grid, t))
+        yield from zip(indices, per_tile.generate_batch(tiles), strict=True)
+
+
+def merge_tiles(
+    grid: TileGrid, tile_records: Iterable[tuple[int, list[dict[str, Any]]]], output_mode: str
+) -> list[dict[str, Any]]:
+    """Image records from each tile's records (uncompressed RLE in the tile), one per object."""
+    masks = [m for tile, records in tile_records for m in tile_masks(records, grid, tile)]
     merged = merge_tile_masks(masks, grid)
     merged.sort(key=lambda m: -m.predicted_iou)
-    return [_record(m, image.shape[:2], settings.output_mode) for m in merged]
+    return [_record(m, grid.image_size, output_mode) for m in merged]
 
 
 def _cut(image: np.ndarray, box: Box) -> np.ndarray:
