@@ -319,19 +319,23 @@ def test_predict_tiles_large_images_and_refuses_those_over_the_pixel_limit(tmp_p
     ]
     done = run_predict(args, cwd=tmp_path, timeout=300)
     assert done.returncode == 0, done.stderr
-    results = {}
-    with tarfile.open(next((tmp_path / "out").glob("*.tar"))) as tar:
-        for member in tar.getmembers():
-            if member.name.endswith(".json"):
-                record = json.loads(tar.extractfile(member).read())
-                results[member.name.split(".")[0]] = record
-    assert set(results) == {"wide", "huge"}
-    assert results["huge"]["annotations"] == []
-    assert "data.max_image_pixels = 300000" in results["huge"]["error"]
-    wide = results["wide"]
-    assert wide["error"] is None and len(wide["annotations"]) > 0
-    assert len({tuple(a["crop_box"]) for a in wide["annotations"]}) > 1
-    for annotation in wide["annotations"]:
+    out = tmp_path / "out"
+    errors = [json.loads(line) for line in (out / "errors-r000.jsonl").read_text().splitlines()]
+    assert [(e["key"], e["error"]) for e in errors] == [
+        (
+            "huge",
+            "image too large: more than data.max_image_pixels = 300000 pixels "
+            "(raise it to accept the image)",
+        )
+    ]
+    with tarfile.open(next(out.glob("*.tar"))) as tar:
+        jsons = [m for m in tar.getmembers() if m.name.endswith(".json")]
+        assert [m.name for m in jsons] == ["wide.json"]
+        wide = json.loads(tar.extractfile(jsons[0]).read())
+    annotations = wide["annotations"]
+    assert len(annotations) > 0
+    assert len({tuple(a["crop_box"]) for a in annotations}) > 1  # from several tiles
+    for annotation in annotations:
         assert annotation["segmentation"]["size"] == [300, 600]
         assert coco_mask.area(annotation["segmentation"]) == annotation["area"]
 
