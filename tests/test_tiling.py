@@ -15,10 +15,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from hydra import compose, initialize_config_dir
 from PIL import Image
 from pycocotools import mask as coco_mask
 
 from amg_lightning import AmgSettings, AutomaticMaskGenerator
+from amg_lightning.config import ConfigError, check_config, generator_settings
 from amg_lightning.core import rle
 from amg_lightning.core.tiling import (
     TileGrid,
@@ -29,6 +31,7 @@ from amg_lightning.core.tiling import (
     subtract,
     union,
 )
+from amg_lightning.data.decode import decode_image
 from tests.conftest import run_predict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -338,6 +341,29 @@ def test_predict_tiles_large_images_and_refuses_those_over_the_pixel_limit(tmp_p
     for annotation in annotations:
         assert annotation["segmentation"]["size"] == [300, 600]
         assert coco_mask.area(annotation["segmentation"]) == annotation["area"]
+
+
+@pytest.mark.parametrize("limit", [11_999, 5_999, 100])
+def test_decoding_refuses_images_over_the_pixel_limit_from_the_header(limit):
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((100, 120, 3), dtype=np.uint8)).save(buffer, "PNG")
+    assert decode_image(buffer.getvalue(), max_image_pixels=12_000).shape == (100, 120, 3)
+    # Below twice the limit Pillow warns, above it refuses: either way, one message.
+    with pytest.raises(ValueError, match=f"more than data.max_image_pixels = {limit} pixels"):
+        decode_image(buffer.getvalue(), max_image_pixels=limit)
+
+
+def test_tiling_keys_of_predict_yaml_reach_the_generator_settings(tmp_path):
+    overrides = [f"data.urls={tmp_path}", f"output_dir={tmp_path}"]
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        default = compose("predict", overrides=overrides)
+        tiled = compose("predict", overrides=[*overrides, "tile_size=1024", "tile_overlap=128"])
+        bad = compose("predict", overrides=[*overrides, "tile_size=128"])
+    assert generator_settings(default)["tile_size"] is None
+    assert AmgSettings(**generator_settings(tiled)).tile_size == 1024
+    assert generator_settings(tiled)["tile_overlap"] == 128
+    with pytest.raises(ConfigError, match="0 <= tile_overlap < tile_size = 128, got 256"):
+        check_config(bad)
 
 
 def test_real_model_finds_an_object_cut_by_seams_as_one_mask(mobile_sam):
