@@ -124,11 +124,13 @@ def _boxes_near(a: tuple, b: tuple, gap: int) -> bool:
 def recall(
     scene: SyntheticScene, records: list[dict[str, Any]], thresholds: tuple[float, ...]
 ) -> dict[str, Any]:
-    """Per size class: the share of objects whose best mask reaches each IoU threshold, and
-    the mean number of masks that overlap an object at IoU 0.5 or more (1.0: once each)."""
+    """Per size class: the share of objects whose best mask reaches each IoU threshold, the
+    mean number of masks that overlap a found object at IoU 0.5 or more (1.0: once each), and
+    how many objects are matched by masks from different crop boxes (different tiles)."""
     size = scene.image.shape[:2]
     truths = [s.coco(size) for s in scene.shapes]
     found = [r["segmentation"] for r in records]
+    found_crops = [r["crop_box"] for r in records]
     ious = (
         coco_mask.iou(found, truths, [0] * len(truths))
         if found and truths
@@ -144,6 +146,13 @@ def recall(
         out[name] = {
             "objects": int(chosen.sum()),
             **{f"recall@{t}": round(float((best[chosen] >= t).mean()), 3) for t in thresholds},
+            # Objects matched by masks of different crop boxes: tiles that both kept one.
+            "repeated_across_tiles": int(
+                sum(
+                    len({tuple(found_crops[i]) for i in np.flatnonzero(ious[:, j] >= 0.5)}) > 1
+                    for j in np.flatnonzero(chosen)
+                )
+            ),
             "masks_per_found_object": round(
                 float((ious[:, chosen] >= 0.5).sum(0)[best[chosen] >= 0.5].mean())
                 if (best[chosen] >= 0.5).any()
@@ -196,6 +205,8 @@ def main() -> None:
     parser.add_argument("--tile-size", type=int, default=1024)
     parser.add_argument("--tile-overlap", type=int, default=256)
     parser.add_argument("--points-per-side", type=int, default=16)
+    parser.add_argument("--crops-per-batch", type=int, default=4, help="also tiles per pass")
+    parser.add_argument("--runs", default="untiled,tiled,one_tile", help="which, comma-separated")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", help="append the result as one json line to this file")
     args = parser.parse_args()
@@ -207,6 +218,7 @@ def main() -> None:
         "checkpoint": args.checkpoint,
         "threads": args.threads,
         "points_per_side": args.points_per_side,
+        "crops_per_batch": args.crops_per_batch,
     }
     tile = scene.image[: args.tile_size, : args.tile_size].copy()
     result: dict[str, Any] = {
@@ -224,14 +236,15 @@ def main() -> None:
         "one_tile": (common, tile),
     }
     found = {}
-    for name, (arguments, image) in runs.items():
+    for name in args.runs.split(","):
+        arguments, image = runs[name]
         records, seconds, peak, before = run_in_child(arguments, image)
         entry = {"seconds": round(seconds, 1), "masks": len(records), "peak_rss_mib": round(peak)}
         result[name] = {**entry, "rss_growth_mib": round(peak - before)}
         found[name] = records
         print(name, json.dumps(result[name]), flush=True)
     # Scored after every child has run: torch is first used here, never before a fork.
-    for name in ("untiled", "tiled"):
+    for name in {"untiled", "tiled"} & set(found):
         result[name]["recall"] = recall(scene, found[name], (0.5, 0.8))
     if args.output:
         with open(args.output, "a") as handle:
