@@ -150,6 +150,16 @@ def test_an_object_cut_by_tile_borders_comes_out_as_one_mask(name, centre, axes)
     np.testing.assert_array_equal(masks[0], obj)
 
 
+def test_tiles_overlapping_by_more_than_half_still_give_one_mask_per_object():
+    grid = TileGrid.for_image(SIZE, 160, 120)  # each pixel column in up to four tiles
+    assert len(grid.x_starts) > 4
+    objects = [_ellipse(SIZE, (200, 150), (70, 50)), _ellipse(SIZE, (60, 250), (15, 15))]
+    masks = _merged(objects, grid)
+    assert len(masks) == 2
+    for obj in objects:
+        assert any(np.array_equal(m, obj) for m in masks)
+
+
 @pytest.mark.parametrize("side", ["starts at the overlap's edge", "ends at the overlap's edge"])
 def test_an_object_exactly_on_the_overlaps_edge_is_one_mask(side):
     x0 = GRID.box(1)[0]  # tile 1 overlaps tile 0 in columns [80, 160)

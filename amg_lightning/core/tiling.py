@@ -195,19 +195,27 @@ class TileGrid:
         return min((g for g in gaps if g is not None), default=max(height, width))
 
     def neighbours(self) -> list[tuple[int, int]]:
-        """Pairs of tiles that overlap or touch along a side (or overlap at a corner)."""
-        columns, rows = len(self.x_starts), len(self.y_starts)
+        """Pairs of tiles that overlap, or touch along a side."""
+        height, width = self.image_size
+        rows = _meeting(self.y_starts, min(self.tile_size, height))
+        columns = _meeting(self.x_starts, min(self.tile_size, width))
         pairs = []
-        for row in range(rows):
-            for col in range(columns):
-                here = row * columns + col
-                for d_row, d_col in ((0, 1), (1, -1), (1, 0), (1, 1)):
-                    r, c = row + d_row, col + d_col
-                    if 0 <= r < rows and 0 <= c < columns:
-                        there = r * columns + c
-                        if _comparison_windows(self.box(here), self.box(there)) is not None:
-                            pairs.append((here, there))
+        for here in range(len(self)):
+            row, col = divmod(here, len(self.x_starts))
+            for other_row in (row, *rows[row]):
+                for other_col in (col, *columns[col]):
+                    there = other_row * len(self.x_starts) + other_col
+                    if there > here and _comparison_windows(self.box(here), self.box(there)):
+                        pairs.append((here, there))
         return pairs
+
+
+def _meeting(starts: tuple[int, ...], span: int) -> list[list[int]]:
+    """For each tile along one axis, the others whose span overlaps or touches its own."""
+    return [
+        [j for j, other in enumerate(starts) if j != i and abs(other - start) <= span]
+        for i, start in enumerate(starts)
+    ]
 
 
 def _starts(length: int, tile: int, overlap: int) -> tuple[int, ...]:
