@@ -174,10 +174,16 @@ def _run(arguments: dict[str, Any], image: np.ndarray, queue: multiprocessing.Qu
     torch.set_num_threads(arguments.pop("threads"))
     keep_freed_memory()
     sam = build_sam(arguments.pop("model_type"), arguments.pop("checkpoint"))
+    tiles = arguments.pop("tiles", None)  # boxes: each generated on its own, one after another
     generator = AutomaticMaskGenerator(sam, output_mode="coco_rle", **arguments)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     started = time.perf_counter()
-    records = generator.generate(image)
+    if tiles is None:
+        records = generator.generate(image)
+    else:
+        records = [
+            r for x0, y0, x1, y1 in tiles for r in generator.generate(image[y0:y1, x0:x1].copy())
+        ]
     seconds = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     queue.put((records, seconds, peak, before))
@@ -206,7 +212,9 @@ def main() -> None:
     parser.add_argument("--tile-overlap", type=int, default=256)
     parser.add_argument("--points-per-side", type=int, default=16)
     parser.add_argument("--crops-per-batch", type=int, default=4, help="also tiles per pass")
-    parser.add_argument("--runs", default="untiled,tiled,one_tile", help="which, comma-separated")
+    parser.add_argument(
+        "--runs", default="untiled,tiled,one_tile,each_tile", help="which, comma-separated"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", help="append the result as one json line to this file")
     args = parser.parse_args()
@@ -221,6 +229,7 @@ def main() -> None:
         "crops_per_batch": args.crops_per_batch,
     }
     tile = scene.image[: args.tile_size, : args.tile_size].copy()
+    grid = TileGrid.for_image(scene.image.shape[:2], args.tile_size, args.tile_overlap)
     result: dict[str, Any] = {
         "image": f"{args.width}x{args.height}",
         "objects": {"small": args.small, "large": args.large},
@@ -234,6 +243,8 @@ def main() -> None:
             scene.image,
         ),
         "one_tile": (common, tile),
+        # Every tile generated on its own: the peak is the largest single tile's.
+        "each_tile": ({**common, "tiles": [grid.box(t) for t in range(len(grid))]}, scene.image),
     }
     found = {}
     for name in args.runs.split(","):
