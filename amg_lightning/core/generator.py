@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from amg_lightning.core import rle
+from amg_lightning.core import rle, tiling
 from amg_lightning.core.boxes import box_nms, near_crop_edge, xyxy_to_xywh
 from amg_lightning.core.decoder import ImageContext, PointDecoder, upscale_to_crop
 from amg_lightning.core.embedding_cache import EmbeddingCache
@@ -114,6 +114,8 @@ class AutomaticMaskGenerator:
         """Mask records for each image; the crops of all images share encoder batches."""
         for image in images:
             check_image(image)
+        if tiling.needs_tiling(images, self.settings):
+            return tiling.generate_tiled(self, images)
         plans = [
             crop_boxes(
                 image.shape[:2], self.settings.crop_n_layers, self.settings.crop_overlap_ratio

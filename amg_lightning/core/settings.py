@@ -17,6 +17,9 @@ class AmgSettings:
     Three settings bound memory and never change the masks: `points_per_batch` (prompts the
     decoder runs at once), `upscale_budget_mb` (full-resolution mask logits held at once) and
     `crops_per_batch` (crops, of one or several images, per image-encoder pass).
+
+    `tile_size` (pixels; None: off) cuts images larger than it into tiles overlapping by at
+    least `tile_overlap` pixels, merged into one mask per object (see core/tiling.py).
     """
 
     points_per_side: int | None = 32
@@ -34,6 +37,8 @@ class AmgSettings:
     output_mode: str = "binary_mask"
     upscale_budget_mb: int = 1024
     crops_per_batch: int = 4
+    tile_size: int | None = None
+    tile_overlap: int = 256
 
     def __post_init__(self) -> None:
         if self.point_grids is not None:
@@ -105,8 +110,21 @@ def settings_errors(settings: AmgSettings) -> list[str]:
         for i, grid in enumerate(settings.point_grids):
             if grid.ndim != 2 or grid.shape[1] != 2 or grid.min() < 0 or grid.max() > 1:
                 errors.append(f"point_grids[{i}] must be an Nx2 array of points in [0, 1]")
+    errors.extend(_tiling_errors(settings.tile_size, settings.tile_overlap))
     if settings.output_mode not in OUTPUT_MODES:
         errors.append(
             f"output_mode must be one of {', '.join(OUTPUT_MODES)}, got {settings.output_mode!r}"
         )
     return errors
+
+
+def _tiling_errors(tile_size: Any, tile_overlap: Any) -> list[str]:
+    if tile_size is not None:
+        error = _check_range("tile_size", tile_size, 1, None, True)
+        if error:
+            return [error]
+    bound = "0 <= tile_overlap" + ("" if tile_size is None else f" < tile_size = {tile_size}")
+    ok = isinstance(tile_overlap, int) and not isinstance(tile_overlap, bool)
+    if not ok or tile_overlap < 0 or (tile_size is not None and tile_overlap >= tile_size):
+        return [f"tile_overlap must be an integer with {bound}, got {tile_overlap!r}"]
+    return []

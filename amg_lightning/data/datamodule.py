@@ -23,6 +23,7 @@ from braceexpand import braceexpand
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from amg_lightning.data.count import already_done, count_reader_samples, is_remote
+from amg_lightning.data.decode import DEFAULT_MAX_IMAGE_PIXELS
 from amg_lightning.data.samples import decode_sample, read_shard
 from amg_lightning.utils.signals import ignore_stop_signals
 
@@ -96,8 +97,10 @@ class ShardSamples(IterableDataset):
         rank: int,
         world_size: int,
         skip_keys: Collection[tuple[str, str]],
+        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     ) -> None:
         super().__init__()
+        self.max_image_pixels = max_image_pixels
         self.urls = list(urls)
         self.rank = rank
         self.world_size = world_size
@@ -113,7 +116,7 @@ class ShardSamples(IterableDataset):
                 keep = split.keeps(index) and not done
                 index += 1
                 if keep:
-                    yield decode_sample(sample)
+                    yield decode_sample(sample, self.max_image_pixels)
 
     def _reader(self) -> tuple[int, int]:
         """This reader's global id and the number of readers over all ranks and workers."""
@@ -135,8 +138,10 @@ class WebDatasetDataModule(lightning.LightningDataModule):
         skip_keys: Collection[tuple[str, str]] = (),
         count_samples: str | bool = "auto",
         count_seconds: float = 30.0,
+        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     ) -> None:
         super().__init__()
+        self.max_image_pixels = max_image_pixels
         self.shard_urls = resolve_urls(urls)
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -168,7 +173,9 @@ class WebDatasetDataModule(lightning.LightningDataModule):
         return None if counts is None else sum(math.ceil(n / self.batch_size) for n in counts)
 
     def predict_dataloader(self) -> DataLoader:
-        samples = ShardSamples(self.shard_urls, self.rank, self.world_size, self.skip_keys)
+        samples = ShardSamples(
+            self.shard_urls, self.rank, self.world_size, self.skip_keys, self.max_image_pixels
+        )
         return DataLoader(
             samples,
             batch_size=self.batch_size,

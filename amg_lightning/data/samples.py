@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import webdataset as wds
 
-from amg_lightning.data.decode import IMAGE_EXTENSIONS, decode_image
+from amg_lightning.data.decode import DEFAULT_MAX_IMAGE_PIXELS, IMAGE_EXTENSIONS, decode_image
 from amg_lightning.data.tar_reader import DamagedTar, TarMember, tar_members
 
 
@@ -162,7 +162,9 @@ def _shard_error(url: str, message: str) -> ShardSample:
     return ShardSample(url, url, first=0, error=message)
 
 
-def decode_sample(sample: ShardSample) -> dict[str, Any]:
+def decode_sample(
+    sample: ShardSample, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+) -> dict[str, Any]:
     """A batch record: the sample's image as a uint8 HWC tensor, or None and an error.
 
     `file_name` is the image member's name (`key.ext`, the extension lowercased), None where
@@ -178,7 +180,7 @@ def decode_sample(sample: ShardSample) -> dict[str, Any]:
     }
     if sample.error is None:
         try:
-            record["image"] = torch.from_numpy(decode_image(image_member(sample)))
+            record["image"] = torch.from_numpy(decode_image(image_member(sample), max_image_pixels))
         except ValueError as error:
             record["error"] = str(error)
     return record

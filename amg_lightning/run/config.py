@@ -116,6 +116,7 @@ def _check_data(data: DictConfig) -> None:
         )
     _check_integer("data.batch_size", data.batch_size, 1)
     _check_integer("data.num_workers", data.num_workers, 0)
+    _check_integer("data.max_image_pixels", data.max_image_pixels, 1)
     _check_counting(data)
 
 
