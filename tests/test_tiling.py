@@ -15,7 +15,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from amg_lightning.config import ConfigError, check_config, generator_settings
 from hydra import compose, initialize_config_dir
 from PIL import Image
 from pycocotools import mask as coco_mask
@@ -32,7 +31,8 @@ from amg_lightning.core.tiling import (
     union,
 )
 from amg_lightning.data.decode import decode_image
-from tests.conftest import run_predict
+from amg_lightning.run.config import ConfigError, check_config, generator_settings
+from tests.helpers.predict import run_predict
 
 ROOT = Path(__file__).resolve().parents[1]
 LOOSE = {"points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
