@@ -107,6 +107,8 @@ def _tile_records(
                     "segmentation": rle.to_uncompressed(
                         rle.encode_mask(part).counts[0], part.shape
                     ),
+                    "area": int(part.sum()),
+                    "bbox": _bbox(part),
                     "predicted_iou": 0.9,
                     "stability_score": 0.95,
                     "point_coords": [[float(xs[0]), float(ys[0])]],
@@ -115,6 +117,12 @@ def _tile_records(
             )
         out.append((t, records))
     return out
+
+
+def _bbox(mask: np.ndarray) -> list[int]:
+    """XYWH as the generator's records give it (width and height one short)."""
+    ys, xs = np.nonzero(mask)
+    return [int(xs.min()), int(ys.min()), int(xs.max() - xs.min()), int(ys.max() - ys.min())]
 
 
 def _merged(objects, grid, grow=None) -> list[np.ndarray]:
