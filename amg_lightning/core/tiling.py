@@ -2,8 +2,9 @@
 
 An image larger than `tile_size` in either side is cut into tiles of `tile_size` (or the
 image's side, if smaller) spaced evenly so that neighbours overlap by at least `tile_overlap`
-pixels. Each tile runs the usual generation, crop layers included. Its masks are then
-carried as column runs in image coordinates, never as dense image-sized arrays, and merged:
+pixels. Each tile runs the usual generation, crop layers included. Its masks are kept as
+run-length encodings inside the tile and worked on as column runs in image coordinates,
+never as dense image-sized arrays, and merged:
 
 - A mask is *cut* when its box comes within `EDGE_MARGIN` pixels of an inner edge of its
   tile (an edge that is not the image's), else *whole*.
