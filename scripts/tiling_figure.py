@@ -64,6 +64,8 @@ def _pieces(objects: list[np.ndarray], grid: TileGrid) -> list[tuple[int, list[d
                     "segmentation": rle.to_uncompressed(
                         rle.encode_mask(part).counts[0], part.shape
                     ),
+                    "area": int(part.sum()),
+                    "bbox": _bbox(part),
                     "predicted_iou": 0.9,
                     "stability_score": 0.95,
                     "point_coords": [[0.0, 0.0]],
@@ -72,6 +74,12 @@ def _pieces(objects: list[np.ndarray], grid: TileGrid) -> list[tuple[int, list[d
             )
         out.append((t, records))
     return out
+
+
+def _bbox(mask: np.ndarray) -> list[int]:
+    """XYWH as the generator's records give it (width and height one short)."""
+    ys, xs = np.nonzero(mask)
+    return [int(xs.min()), int(ys.min()), int(xs.max() - xs.min()), int(ys.max() - ys.min())]
 
 
 def _frames(canvas: np.ndarray, grid: TileGrid) -> None:

@@ -107,6 +107,8 @@ def _tile_records(
                     "segmentation": rle.to_uncompressed(
                         rle.encode_mask(part).counts[0], part.shape
                     ),
+                    "area": int(part.sum()),
+                    "bbox": _bbox(part),
                     "predicted_iou": 0.9,
                     "stability_score": 0.95,
                     "point_coords": [[float(xs[0]), float(ys[0])]],
@@ -115,6 +117,12 @@ def _tile_records(
             )
         out.append((t, records))
     return out
+
+
+def _bbox(mask: np.ndarray) -> list[int]:
+    """XYWH as the generator's records give it (width and height one short)."""
+    ys, xs = np.nonzero(mask)
+    return [int(xs.min()), int(ys.min()), int(xs.max() - xs.min()), int(ys.max() - ys.min())]
 
 
 def _merged(objects, grid, grow=None) -> list[np.ndarray]:
@@ -245,7 +253,7 @@ def test_tiled_records_are_in_image_coordinates(tiny_sam):
 
 MEMORY_CHILD = textwrap.dedent(
     """
-    import os, sys, threading, time, cv2, numpy as np, torch
+    import os, resource, sys, threading, time, cv2, numpy as np, torch
     from amg_lightning.core.generator import AutomaticMaskGenerator
     from amg_lightning.core.models import build_sam
     from amg_lightning.core.tiling import TileGrid
@@ -263,7 +271,7 @@ MEMORY_CHILD = textwrap.dedent(
         with open("/proc/self/statm") as statm:
             return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
 
-    # The kernel's own peak (ru_maxrss) is updated lazily and misses short peaks: sample.
+    # The kernel's own peak (ru_maxrss) is updated lazily and misses short peaks: sample too.
     before, peak = rss(), [0]
 
     def sample():
@@ -280,7 +288,8 @@ MEMORY_CHILD = textwrap.dedent(
     else:
         records = generator.generate(image)
     time.sleep(0.01)
-    print(peak[0] - before, len({tuple(r["crop_box"]) for r in records}))
+    top = max(peak[0], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    print(top - before, len({tuple(r["crop_box"]) for r in records}))
     """
 )
 

@@ -2,8 +2,9 @@
 
 An image larger than `tile_size` in either side is cut into tiles of `tile_size` (or the
 image's side, if smaller) spaced evenly so that neighbours overlap by at least `tile_overlap`
-pixels. Each tile runs the usual generation, crop layers included. Its masks are then
-carried as column runs in image coordinates, never as dense image-sized arrays, and merged:
+pixels. Each tile runs the usual generation, crop layers included. Its masks are kept as
+run-length encodings inside the tile and worked on as column runs in image coordinates,
+never as dense image-sized arrays, and merged:
 
 - A mask is *cut* when its box comes within `EDGE_MARGIN` pixels of an inner edge of its
   tile (an edge that is not the image's), else *whole*.
@@ -52,7 +53,7 @@ def runs_from_counts(
 ) -> np.ndarray:
     """Column runs, moved by `offset` (x, y), of an RLE (internal counts) of an H x W mask."""
     height = size[0]
-    ends = np.cumsum(counts)
+    ends = np.cumsum(counts, dtype=np.int64)
     starts, stops = ends[0::2][: len(ends) // 2], ends[1::2]
     nonempty = stops > starts
     starts, stops = starts[nonempty], stops[nonempty]
@@ -258,9 +259,12 @@ def _comparison_windows(a: Box, b: Box) -> tuple[Box, tuple[int, int]] | None:
 
 @dataclass
 class TileMask:
-    """One tile's mask in image coordinates, with its record's scores."""
+    """One tile's mask (or a merged one) with its record's scores, kept compact between the
+    tiles' generation and the merge: an RLE inside `frame` (its tile, or its own box)."""
 
-    runs: np.ndarray
+    counts: np.ndarray  # int32 run lengths, column-major within `frame`
+    frame: Box  # XYXY, image frame
+    box: np.ndarray  # inclusive XYXY, image frame
     tile: int
     predicted_iou: float
     stability_score: float
@@ -268,24 +272,34 @@ class TileMask:
     crop_box: list[int]  # XYXY
 
     @property
-    def box(self) -> np.ndarray:
-        return runs_box(self.runs)
+    def runs(self) -> np.ndarray:
+        x0, y0, x1, y1 = self.frame
+        return runs_from_counts(self.counts, (y1 - y0, x1 - x0), (x0, y0))
+
+    @classmethod
+    def from_runs(cls, runs: np.ndarray, **fields: Any) -> TileMask:
+        x0, y0, x1, y1 = runs_box(runs).tolist()
+        local = runs - np.array([x0, y0, y0])
+        counts = runs_to_counts(local, (y1 + 1 - y0, x1 + 1 - x0)).astype(np.int32)
+        return cls(counts, (x0, y0, x1 + 1, y1 + 1), runs_box(runs), **fields)
 
 
 def tile_masks(records: list[dict[str, Any]], grid: TileGrid, tile: int) -> list[TileMask]:
     """Masks of one tile's records (uncompressed RLE in the tile), moved to the image."""
-    x0, y0, x1, y1 = grid.box(tile)
+    frame = grid.box(tile)
+    x0, y0 = frame[:2]
     out = []
     for record in records:
-        segmentation = record["segmentation"]
-        runs = runs_from_counts(np.asarray(segmentation["counts"]), (y1 - y0, x1 - x0), (x0, y0))
-        if len(runs) == 0:
+        if record["area"] == 0:
             continue
+        bx, by, bw, bh = record["bbox"]
         cx, cy, cw, ch = record["crop_box"]
         px, py = record["point_coords"][0]
         out.append(
             TileMask(
-                runs=runs,
+                counts=np.asarray(record["segmentation"]["counts"], dtype=np.int32),
+                frame=frame,
+                box=np.array([bx + x0, by + y0, bx + bw + x0, by + bh + y0]),
                 tile=tile,
                 predicted_iou=record["predicted_iou"],
                 stability_score=record["stability_score"],
@@ -407,8 +421,8 @@ def _stitch(pieces: list[TileMask], grid: TileGrid) -> TileMask:
     weights = np.array([max(runs_area(runs), 1) for runs in kept], dtype=float)
     largest = pieces[int(np.argmax(weights))]
     crop_boxes = np.array([p.crop_box for p in pieces])
-    return TileMask(
-        runs=union(kept),
+    return TileMask.from_runs(
+        union(kept),
         tile=largest.tile,
         predicted_iou=float(np.average([p.predicted_iou for p in pieces], weights=weights)),
         stability_score=float(np.average([p.stability_score for p in pieces], weights=weights)),
@@ -479,8 +493,9 @@ def _cut(image: np.ndarray, box: Box) -> np.ndarray:
 
 
 def _record(mask: TileMask, image_size: tuple[int, int], output_mode: str) -> dict[str, Any]:
-    counts = runs_to_counts(mask.runs, image_size)
-    x0, y0, x1, y1 = runs_box(mask.runs).tolist()
+    runs = mask.runs
+    counts = runs_to_counts(runs, image_size)
+    x0, y0, x1, y1 = runs_box(runs).tolist()
     cx0, cy0, cx1, cy1 = mask.crop_box
     if output_mode == "coco_rle":
         segmentation: Any = rle.to_coco(counts, image_size)
@@ -490,7 +505,7 @@ def _record(mask: TileMask, image_size: tuple[int, int], output_mode: str) -> di
         segmentation = rle.decode(counts, image_size)
     return {
         "segmentation": segmentation,
-        "area": runs_area(mask.runs),
+        "area": runs_area(runs),
         "bbox": [x0, y0, x1 - x0, y1 - y0],
         "predicted_iou": mask.predicted_iou,
         "point_coords": [mask.point],
