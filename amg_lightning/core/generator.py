@@ -126,9 +126,15 @@ class AutomaticMaskGenerator:
             for box, layer in zip(boxes, layers, strict=True)
         ]
         masks_per_image = [MaskSet() for _ in images]
-        for (i, box, layer), embedding in zip(jobs, self._embeddings(images, jobs), strict=True):
-            crop_masks = self._crop_masks(embedding, images[i].shape[:2], box, layer)
-            masks_per_image[i].add(crop_masks.rles, **{k: crop_masks.column(k) for k in _COLUMNS})
+        try:
+            for (i, box, layer), embedding in zip(
+                jobs, self._embeddings(images, jobs), strict=True
+            ):
+                crop_masks = self._crop_masks(embedding, images[i].shape[:2], box, layer)
+                columns = {k: crop_masks.column(k) for k in _COLUMNS}
+                masks_per_image[i].add(crop_masks.rles, **columns)
+        finally:
+            self.decoder.workspace.clear()  # the decoder's buffers live for one call
         return [
             self._finish(masks.merged(), image.shape[:2])
             for masks, image in zip(masks_per_image, images, strict=True)
@@ -211,31 +217,31 @@ class AutomaticMaskGenerator:
         if len(prompts) == 0:
             return
         # Only prompts with a mask that passed are upscaled; the rest would be dropped anyway.
-        keys, mask_tokens = tokens.keys, tokens.mask_tokens
-        if len(prompts) < len(passed):  # a gather copies B x N x C: skip it when all passed
-            keys, mask_tokens = keys[prompts], mask_tokens[prompts]
         with self._autocast():
-            low_res = self.decoder.upscale(ctx, keys, mask_tokens)
-        kept = passed[prompts]
-        low_res = low_res.float()[kept]
-        mask_points = torch.as_tensor(points, device=self.device)[prompts].repeat_interleave(
-            kept.sum(1), dim=0
-        )
-        mask_ious = iou_preds[prompts][kept]
+            low_res = self.decoder.upscale(ctx, tokens, prompts)
+        prompt_of_mask, mask_of_prompt = passed[prompts].nonzero(as_tuple=True)
+        mask_points = torch.as_tensor(points, device=self.device)[prompts[prompt_of_mask]]
+        mask_ious = iou_preds[prompts[prompt_of_mask], mask_of_prompt]
         crop_size = (crop_box[3] - crop_box[1], crop_box[2] - crop_box[0])
-        for chunk in self._chunks(len(low_res), crop_size):
+        for chunk in self._chunks(len(prompt_of_mask), crop_size):
+            chunk_low_res = low_res[prompt_of_mask[chunk], mask_of_prompt[chunk]].float()
             logits = upscale_to_crop(
-                low_res[chunk, None], self.model.image_encoder.img_size, input_size, crop_size
+                chunk_low_res[:, None], self.model.image_encoder.img_size, input_size, crop_size
             )[:, 0]
             self._filter_full_res(
                 logits, mask_ious[chunk], mask_points[chunk], crop_box, image_size, out
             )
 
     def _chunks(self, count: int, crop_size: tuple[int, int]) -> Iterator[slice]:
-        """Slices of masks whose full-resolution logits fit in `upscale_budget_mb`."""
+        """Slices of masks whose full-resolution work fits in a few tens of MiB.
+
+        Small enough for glibc to reuse the memory from one slice to the next (it maps larger
+        blocks afresh each time), and never more than `upscale_budget_mb`.
+        """
         encoder_size = self.model.image_encoder.img_size
         bytes_per_mask = 4 * (crop_size[0] * crop_size[1] * 3 + encoder_size**2)
-        step = max(1, self.settings.upscale_budget_mb * 2**20 // bytes_per_mask)
+        budget = min(self.settings.upscale_budget_mb * 2**20, _FULL_RES_CHUNK_BYTES)
+        step = max(1, budget // bytes_per_mask)
         for start in range(0, count, step):
             yield slice(start, start + step)
 
@@ -318,6 +324,9 @@ class AutomaticMaskGenerator:
             "crop_box": xyxy_to_xywh(masks.column("crop_boxes")[i : i + 1])[0].tolist(),
         }
 
+
+# Full-resolution work per slice of masks (see `_chunks`).
+_FULL_RES_CHUNK_BYTES = 32 * 2**20
 
 _COLUMNS = ("boxes", "iou_preds", "stability", "points", "crop_boxes")
 
