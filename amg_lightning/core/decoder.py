@@ -92,17 +92,21 @@ def _softmax_(x: Tensor, dim: int) -> Tensor:
     return torch.ops.aten._softmax.out(x, dim, False, out=x)
 
 
-def _layer_norm_(x: Tensor, norm: nn.LayerNorm, stats: Tensor) -> Tensor:
-    """F.layer_norm over the last dimension, written over its input (same kernel and values).
+def _layer_norm_(x: Tensor, norm: nn.Module) -> Tensor:
+    """F.layer_norm over the last dimension, written over `x` a few MiB of rows at a time.
 
-    `stats` is a workspace of 2 x rows floats for the kernel's mean and inverse deviation.
+    Rows are normalised independently, so the values are the kernel's own; the out= variant
+    of the kernel would allocate a full-size temporary.
     """
-    rows = x.numel() // x.shape[-1]
-    mean, rstd = stats[:rows].view(*x.shape[:-1], 1), stats[rows : 2 * rows].view(*x.shape[:-1], 1)
-    torch.ops.aten.native_layer_norm.out(
-        x, x.shape[-1:], norm.weight, norm.bias, norm.eps, out0=x, out1=mean, out2=rstd
-    )
+    rows = x.view(-1, x.shape[-1])
+    step = max(1, _LAYER_NORM_SLICE_BYTES // (rows.shape[1] * rows.element_size()))
+    for start in range(0, rows.shape[0], step):
+        part = rows[start : start + step]
+        part.copy_(F.layer_norm(part, part.shape[-1:], norm.weight, norm.bias, norm.eps))
     return x
+
+
+_LAYER_NORM_SLICE_BYTES = 2 * 2**20
 
 
 class PointDecoder(nn.Module):
@@ -229,7 +233,6 @@ class PointDecoder(nn.Module):
         """Runs the two-way transformer and the IoU head for B points (model input frame)."""
         tokens = self._prompt_tokens(points)
         queries, keys = tokens, ctx.keys
-        stats = self.workspace.get("norm_stats", (2 * len(points) * keys.shape[1],), keys)
         for i, layer in enumerate(self.transformer.layers):
             if i == 0:
                 queries = layer.self_attn(q=queries, k=queries, v=queries)
@@ -244,9 +247,7 @@ class PointDecoder(nn.Module):
                 update = self._token_to_image(attn, queries + tokens, keys, ctx.t2i_pos_k[i])
             queries = layer.norm2(queries + update)
             queries = layer.norm3(queries + layer.mlp(queries))
-            keys = _layer_norm_(
-                self._image_to_token(i, ctx, keys, tokens, queries), layer.norm4, stats
-            )
+            keys = _layer_norm_(self._image_to_token(i, ctx, keys, tokens, queries), layer.norm4)
 
         # Only the IoU token and the three multimask tokens are read after the final attention,
         # in which each token attends on its own: the other three are not computed.
@@ -289,7 +290,7 @@ class PointDecoder(nn.Module):
             y1 = ws.get("up1", (n * h * w, 4 * c1), keys)
             torch.addmm(b1, x.view(-1, channels), w1, out=y1)
             y1 = y1.view(-1, c1)  # rows (prompt, y, x, i, j)
-            _layer_norm_(y1, norm, ws.get("up_stats", (2 * y1.shape[0],), keys))
+            _layer_norm_(y1, norm)
             torch.ops.aten.gelu_(y1)
             y2 = torch.addmm(b2, y1, w2, out=ws.get("up2", (y1.shape[0], 4 * c2), keys))
             torch.ops.aten.gelu_(y2)  # rows (prompt, y, x, i, j), columns (k, l, c2)
