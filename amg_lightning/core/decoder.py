@@ -15,6 +15,7 @@ but the work is arranged for the automatic generator, where every prompt shares 
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -93,7 +94,7 @@ def _softmax_(x: Tensor, dim: int) -> Tensor:
 
 
 def _layer_norm_(x: Tensor, norm: nn.Module) -> Tensor:
-    """F.layer_norm over the last dimension, written over `x` a few MiB of rows at a time.
+    """F.layer_norm over the last dimension, written over `x` some MiB of rows at a time.
 
     Rows are normalised independently, so the values are the kernel's own; the out= variant
     of the kernel would allocate a full-size temporary.
@@ -106,22 +107,31 @@ def _layer_norm_(x: Tensor, norm: nn.Module) -> Tensor:
     return x
 
 
-_LAYER_NORM_SLICE_BYTES = 2 * 2**20
+_LAYER_NORM_SLICE_BYTES = 16 * 2**20
 
 
 class PointDecoder(nn.Module):
     """Decodes batches of single foreground points against one image embedding.
 
+    With `upscale_dtype=torch.bfloat16` the upscaler (half the decoder's work) runs on a
+    bfloat16 copy of its weights; the transformer, whose IoU predictions decide which masks
+    are kept, stays in float32.
+
     Large activations live in `workspace`: a batch's results (`DecodedTokens.keys`, the
     low-resolution logits of `upscale`) are valid until the next call of the same method.
     """
 
-    def __init__(self, sam: nn.Module) -> None:
+    def __init__(self, sam: nn.Module, upscale_dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         self.prompt_encoder = sam.prompt_encoder
         self.mask_decoder = sam.mask_decoder
-        self.transformer = sam.mask_decoder.transformer
+        self.transformer = self.mask_decoder.transformer
         self.num_heads = self.transformer.num_heads
+        self.upscaler = (
+            sam.mask_decoder
+            if upscale_dtype == torch.float32
+            else copy.deepcopy(sam.mask_decoder).to(upscale_dtype)
+        )
         self.workspace = Workspace()
 
     @torch.no_grad()
@@ -129,11 +139,12 @@ class PointDecoder(nn.Module):
         """Per-image work: one 1 x C x h x w embedding in, shared projections out."""
         pe = self.prompt_encoder.get_dense_pe()
         no_mask = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
-        keys = (image_embedding + no_mask).flatten(2).transpose(1, 2)
+        keys = (image_embedding.float() + no_mask).flatten(2).transpose(1, 2)
         pos = pe.flatten(2).transpose(1, 2).to(keys.dtype)[0]
-        layers = self.transformer.layers
+        transformer = self.transformer
+        layers = transformer.layers
         t2i = [layer.cross_attn_token_to_image for layer in layers]
-        t2i.append(self.transformer.final_attn_token_to_image)
+        t2i.append(transformer.final_attn_token_to_image)
         first = layers[0]
         return ImageContext(
             keys=keys,
@@ -267,34 +278,35 @@ class PointDecoder(nn.Module):
         Each of the upscaler's 2 x 2, stride-2 transposed convolutions maps a pixel to its own
         2 x 2 block, so each is one matrix product over channels-last pixels, with the blocks
         kept beside their pixel: channel norm and GELU work per pixel and need no other order.
-        Only the hypernetwork product, 3 channels, is put in image order. A few prompts at a
-        time, so the work stays in the CPU's cache.
+        Only the hypernetwork product, 3 channels, is put in image order.
         """
-        conv1, norm, _, conv2, _ = self.mask_decoder.output_upscaling
+        conv1, norm, _, conv2, _ = self.upscaler.output_upscaling
         keys = tokens.keys
         (h, w), channels = ctx.grid, keys.shape[-1]
         c1, c2 = conv1.out_channels, conv2.out_channels
         w1 = conv1.weight.permute(0, 2, 3, 1).reshape(channels, 4 * c1)  # columns (i, j, c1)
         w2 = conv2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)  # columns (k, l, c2)
         b1, b2 = conv1.bias.repeat(4), conv2.bias.repeat(4)
-        mlps = self.mask_decoder.output_hypernetworks_mlps
-        mask_tokens = tokens.mask_tokens[prompts]
+        mlps = self.upscaler.output_hypernetworks_mlps
+        mask_tokens = tokens.mask_tokens[prompts].to(w1.dtype)
         hyper = torch.stack([mlps[i + 1](mask_tokens[:, i]) for i in range(3)], dim=1)  # P x 3 x c2
         ws = self.workspace
-        out = ws.get("low_res", (len(prompts), 3, 4 * h, 4 * w), keys)
-        step = max(1, _UPSCALE_CHUNK_BYTES // (h * w * 16 * c2 * keys.element_size()))
+        out = ws.get("low_res", (len(prompts), 3, 4 * h, 4 * w), w1)
+        step = max(1, _UPSCALE_CHUNK_BYTES // (h * w * 16 * c2 * w1.element_size()))
         for start in range(0, len(prompts), step):
             index = prompts[start : start + step]
             n = len(index)
             x = torch.index_select(keys, 0, index, out=ws.get("up_in", (n, h * w, channels), keys))
-            y1 = ws.get("up1", (n * h * w, 4 * c1), keys)
+            if x.dtype != w1.dtype:
+                x = ws.get("up_in_cast", x.shape, w1).copy_(x)
+            y1 = ws.get("up1", (n * h * w, 4 * c1), w1)
             torch.addmm(b1, x.view(-1, channels), w1, out=y1)
             y1 = y1.view(-1, c1)  # rows (prompt, y, x, i, j)
             _layer_norm_(y1, norm)
             torch.ops.aten.gelu_(y1)
-            y2 = torch.addmm(b2, y1, w2, out=ws.get("up2", (y1.shape[0], 4 * c2), keys))
+            y2 = torch.addmm(b2, y1, w2, out=ws.get("up2", (y1.shape[0], 4 * c2), w1))
             torch.ops.aten.gelu_(y2)  # rows (prompt, y, x, i, j), columns (k, l, c2)
-            logits = ws.get("up3", (n, 3, h * w * 16), keys)
+            logits = ws.get("up3", (n, 3, h * w * 16), w1)
             torch.bmm(hyper[start : start + n], y2.view(n, -1, c2).transpose(1, 2), out=logits)
             # Pixel (y, x), block (i, j), block (k, l) is row 4y + 2i + k, column 4x + 2j + l.
             blocks = logits.view(n, 3, h, w, 2, 2, 2, 2).permute(0, 1, 2, 4, 6, 3, 5, 7)
@@ -302,8 +314,9 @@ class PointDecoder(nn.Module):
         return out
 
 
-# Upscaler work per slice of prompts: the last layer's output, a few MiB, stays in cache.
-_UPSCALE_CHUNK_BYTES = 16 * 2**20
+# Upscaler work per slice of prompts (the last layer's output): few slices, since each op
+# is a parallel region whose threads wait for each other.
+_UPSCALE_CHUNK_BYTES = 64 * 2**20
 
 
 def upscale_to_crop(

@@ -8,7 +8,7 @@ crops, then optionally fill small holes and remove small islands, and NMS again.
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,6 +26,8 @@ from amg_lightning.core.grids import crop_boxes, layer_point_grids
 from amg_lightning.core.image import check_image, encoder_input, resized_shape
 from amg_lightning.core.regions import remove_small_regions
 from amg_lightning.core.settings import AmgSettings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -71,9 +73,12 @@ class MaskSet:
 class AutomaticMaskGenerator:
     """Drop-in for segment_anything's SamAutomaticMaskGenerator; same arguments and records.
 
-    `fast=True` runs the encoder and decoder under bfloat16 autocast on CUDA (masks differ
-    slightly from the reference; scripts/benchmark.py reports by how much). It has no effect
-    on the CPU. With an `embedding_cache`, crop embeddings are looked up by `model_id`, image
+    `fast=True` runs the mask upscaler (half the decoder's work) in bfloat16 where the device
+    has native bfloat16 products (CUDA; CPUs with AVX512-BF16 or AMX; elsewhere it logs a
+    warning and stays in float32). The image encoder and the transformer, whose IoU
+    predictions decide which masks are kept, stay in float32, as do thresholds, stability
+    scores and NMS: masks differ slightly from the reference (`amg-bench` reports by how
+    much). With an `embedding_cache`, crop embeddings are looked up by `model_id`, image
     and crop box before the encoder runs, so a threshold sweep encodes each crop once.
     """
 
@@ -87,8 +92,10 @@ class AutomaticMaskGenerator:
     ) -> None:
         self.settings = AmgSettings(**settings)
         self.model = model
-        self.decoder = PointDecoder(model)
-        self.fast = fast
+        self.fast = fast and _bfloat16_supported(self.device)
+        if fast and not self.fast:
+            log.warning("fast mode: no bfloat16 support on %s, running in float32", self.device)
+        self.decoder = PointDecoder(model, torch.bfloat16 if self.fast else torch.float32)
         self.embedding_cache = embedding_cache
         self.model_id = model_id
         s = self.settings
@@ -140,11 +147,6 @@ class AutomaticMaskGenerator:
             for masks, image in zip(masks_per_image, images, strict=True)
         ]
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.fast and self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
     def _embeddings(self, images: list[np.ndarray], jobs: list[tuple]) -> Iterator[Tensor]:
         """Image-encoder embeddings of every crop, `crops_per_batch` crops per forward pass."""
         step = self.settings.crops_per_batch
@@ -156,9 +158,8 @@ class AutomaticMaskGenerator:
             missing = [j for j, embedding in enumerate(found) if embedding is None]
             if missing:
                 started = time.perf_counter()
-                with self._autocast():
-                    batch = encoder_input(self.model, [crops[j] for j in missing])
-                    fresh = self.model.image_encoder(batch).float()
+                batch = encoder_input(self.model, [crops[j] for j in missing])
+                fresh = self.model.image_encoder(batch)
                 seconds = (time.perf_counter() - started) / len(missing)
                 for j, embedding in zip(missing, fresh.split(1), strict=True):
                     found[j] = embedding
@@ -180,8 +181,7 @@ class AutomaticMaskGenerator:
         input_size = resized_shape(*crop_size, self.model.image_encoder.img_size)
         points = self.point_grids[layer] * np.array(crop_size)[None, ::-1]  # XY in the crop
         scale = np.array([input_size[1] / crop_size[1], input_size[0] / crop_size[0]])
-        with self._autocast():
-            ctx = self.decoder.prepare(embedding)
+        ctx = self.decoder.prepare(embedding)
         masks = MaskSet()
         for start in range(0, len(points), self.settings.points_per_batch):
             batch = points[start : start + self.settings.points_per_batch]
@@ -205,8 +205,7 @@ class AutomaticMaskGenerator:
         """Decodes one batch of points and adds the masks that pass every per-mask filter."""
         s = self.settings
         model_points = torch.as_tensor(points * scale, device=self.device)
-        with self._autocast():
-            tokens = self.decoder.decode_tokens(ctx, model_points)
+        tokens = self.decoder.decode_tokens(ctx, model_points)
         iou_preds = tokens.iou_preds.float()
         passed = (
             iou_preds > s.pred_iou_thresh
@@ -217,8 +216,7 @@ class AutomaticMaskGenerator:
         if len(prompts) == 0:
             return
         # Only prompts with a mask that passed are upscaled; the rest would be dropped anyway.
-        with self._autocast():
-            low_res = self.decoder.upscale(ctx, tokens, prompts)
+        low_res = self.decoder.upscale(ctx, tokens, prompts)
         prompt_of_mask, mask_of_prompt = passed[prompts].nonzero(as_tuple=True)
         mask_points = torch.as_tensor(points, device=self.device)[prompts[prompt_of_mask]]
         mask_ious = iou_preds[prompts[prompt_of_mask], mask_of_prompt]
@@ -329,6 +327,13 @@ class AutomaticMaskGenerator:
 _FULL_RES_CHUNK_BYTES = 32 * 2**20
 
 _COLUMNS = ("boxes", "iou_preds", "stability", "points", "crop_boxes")
+
+
+def _bfloat16_supported(device: torch.device) -> bool:
+    """Whether bfloat16 products run natively: CUDA's check, or oneDNN's (AVX512-BF16, AMX)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def stability_score(logits: Tensor, threshold: float, offset: float) -> Tensor:
