@@ -250,3 +250,20 @@ def test_mask_data_concatenates_and_selects_every_column():
         assert getattr(picked, name).reshape(2, -1)[:, 0].tolist() == [4.0, 1.0], name
     assert len(both.select(torch.zeros(5, dtype=torch.bool))) == 0
     assert len(MaskData.cat([])) == 0 and MaskData().points.shape == (0, 2)
+
+
+def test_batches_sized_by_free_memory(tiny_sam):
+    from amg_lightning.core.memory import (
+        crops_per_pass,
+        encoder_bytes_per_crop,
+        free_bytes,
+        prompts_per_batch,
+    )
+
+    cpu = torch.device("cpu")
+    assert free_bytes(cpu) > 0
+    # The tiny ViT: 2 heads over 16 x 16 tokens of width 32.
+    assert encoder_bytes_per_crop(tiny_sam.image_encoder) == 4 * (3 * 2 * 256**2 + 20 * 32 * 256)
+    assert crops_per_pass(tiny_sam.image_encoder, cpu, 4) == 4  # a few MB fit many times
+    assert crops_per_pass(tiny_sam.image_encoder, cpu, 1) == 1
+    assert prompts_per_batch(4096, 256, cpu, 64) == 64  # the CPU keeps points_per_batch
