@@ -244,6 +244,7 @@ def test_mask_data_concatenates_and_selects_every_column():
 
     both = MaskData.cat([masks(2, 0), MaskData(), masks(3, 2)])
     assert len(both) == 5 and both.boxes.shape == (5, 4)
+    assert both.boxes.dtype == torch.float  # an empty part does not change a column's dtype
     picked = both.select(torch.tensor([4, 1]))
     assert [int(r[0]) for r in picked.rles] == [4, 1]
     for name in MaskData.tensor_columns():

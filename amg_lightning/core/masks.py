@@ -29,14 +29,17 @@ class CropFrame:
 
 @dataclass
 class MaskData:
-    """Masks of one image, one row each, in full-image coordinates (on the CPU)."""
+    """Masks of one image, one row each, in full-image coordinates (on the CPU).
+
+    Boxes are inclusive XYXY; `crop_boxes` are the XYXY boxes of the crops the masks came from.
+    """
 
     rles: list[np.ndarray] = field(default_factory=list)  # COCO-order run lengths
-    boxes: Tensor = field(default_factory=lambda: torch.zeros(0, 4))  # XYXY, inclusive
+    boxes: Tensor = field(default_factory=lambda: torch.zeros(0, 4, dtype=torch.long))  # XYXY
     iou_preds: Tensor = field(default_factory=lambda: torch.zeros(0))
     stability: Tensor = field(default_factory=lambda: torch.zeros(0))
     points: Tensor = field(default_factory=lambda: torch.zeros(0, 2))  # XY of the prompt
-    crop_boxes: Tensor = field(default_factory=lambda: torch.zeros(0, 4))  # XYXY of its crop
+    crop_boxes: Tensor = field(default_factory=lambda: torch.zeros(0, 4, dtype=torch.long))
 
     @staticmethod
     def tensor_columns() -> list[str]:
@@ -44,7 +47,8 @@ class MaskData:
 
     @classmethod
     def cat(cls, parts: list[MaskData]) -> MaskData:
-        """All masks of `parts`, in order."""
+        """All masks of `parts`, in order (empty parts add nothing, not even their dtypes)."""
+        parts = [part for part in parts if len(part)]
         if not parts:
             return cls()
         return cls(
