@@ -1,22 +1,18 @@
-"""scripts/benchmark.py run in-process on the tiny random model; never asserts timings."""
+"""amg-bench run in-process on the tiny random model; never asserts timings."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import sys
-from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
 import cv2
 import numpy as np
 import pytest
 
+from amg_lightning.bench import cli, generate
 from amg_lightning.data.decode import IMAGE_EXTENSIONS
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
 TINY_SETTINGS = [
     "--model-type",
     "tiny",
@@ -29,16 +25,6 @@ TINY_SETTINGS = [
     "--stability-score-thresh",
     "0",
 ]
-
-
-@pytest.fixture(scope="module")
-def benchmark() -> Iterator[ModuleType]:
-    spec = importlib.util.spec_from_file_location("benchmark_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
 
 
 def _test_image(tmp_path: Path) -> Path:
@@ -57,26 +43,15 @@ def _test_image(tmp_path: Path) -> Path:
     return path
 
 
-def test_rows_have_timings_parity_and_memory(benchmark, tmp_path):
+def test_rows_have_timings_parity_and_memory(tmp_path):
     out_json, out_md = tmp_path / "bench.jsonl", tmp_path / "bench.md"
-    argv = [
-        *TINY_SETTINGS,
-        "--images",
-        str(_test_image(tmp_path)),
-        "--resize-long-side",
-        "256",
-        "--rounds",
-        "1",
-        "--json",
-        str(out_json),
-        "--markdown",
-        str(out_md),
-    ]
-    returned = benchmark.main(argv)
+    argv = ["generate", *TINY_SETTINGS, "--images", str(_test_image(tmp_path))]
+    argv += ["--resize-long-side", "256", "--rounds", "1", "--fast"]
+    returned = cli.main([*argv, "--json", str(out_json), "--markdown", str(out_md)])
 
     rows = [json.loads(line) for line in out_json.read_text().splitlines()]
     assert rows == json.loads(json.dumps(returned))
-    assert [r["mode"] for r in rows] == ["reference", "ours"]
+    assert [r["mode"] for r in rows] == ["reference", "ours", "ours_fast"]
     for row in rows:
         assert row["kind"] == "generate"
         assert row["model_type"] == "tiny"
@@ -90,47 +65,25 @@ def test_rows_have_timings_parity_and_memory(benchmark, tmp_path):
         for name in ("seconds_per_image", "images_per_second", "speedup_vs_reference"):
             assert isinstance(row[name], float) and row[name] > 0
         assert isinstance(row["peak_rss_mb"], float) and row["peak_rss_mb"] > 0
-        assert isinstance(row["process_max_rss_mb"], float)
         assert row["cuda_max_allocated_mb"] is None  # CPU run
         hw = row["hardware"]
         assert hw["cpu"] and hw["cpu_count"] >= 1 and hw["torch_threads"] >= 1 and hw["torch"]
-    reference, ours = rows
+    reference, ours, fast = rows
     assert reference["masks_per_image"] >= 1, "no masks: parity would be vacuous"
-    assert all(reference[name] is None for name in benchmark.PARITY_FIELDS)
-    for name in benchmark.PARITY_FIELDS:
-        assert isinstance(ours[name], float), (name, ours[name])
-    assert 0.0 <= ours["mean_iou"] <= 1.0
+    assert all(reference[name] is None for name in generate.PARITY_FIELDS)
+    assert ours["exact_parity"] is True  # the exact mode gives the reference's records
+    assert ours["mean_iou"] == 1.0 and ours["count_mismatch"] == 0.0
+    assert 0.0 <= fast["mean_iou"] <= 1.0
     assert ours["per_image"][0]["n_reference"] == reference["per_image"][0]["n_masks"]
 
     markdown = out_md.read_text().splitlines()
-    assert markdown[0].startswith("| date |") and len(markdown) == 4  # header, rule, 2 rows
-    benchmark.write_outputs(rows, benchmark.parse_args([*argv[:-2], "--markdown", str(out_md)]))
+    assert markdown[0].startswith("| date |") and len(markdown) == 5  # header, rule, 3 rows
+    cli.main([*argv, "--markdown", str(out_md)])
     markdown = out_md.read_text().splitlines()
-    assert len(markdown) == 6 and sum(line.startswith("| date |") for line in markdown) == 1
+    assert len(markdown) == 8 and sum(line.startswith("| date |") for line in markdown) == 1
 
 
-def test_compare_matches_reference_masks_to_ours(benchmark):
-    def record(mask: np.ndarray, iou: float, stability: float) -> dict:
-        from pycocotools import mask as coco_mask
-
-        rle = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
-        return {"segmentation": rle, "predicted_iou": iou, "stability_score": stability}
-
-    a, b = np.zeros((20, 20), bool), np.zeros((20, 20), bool)
-    a[:10], b[10:] = True, True
-    reference = [record(a, 0.9, 0.95), record(b, 0.8, 0.97)]
-    ours = [record(b, 0.8, 0.96), record(a, 0.91, 0.95), record(a | b, 0.5, 0.5)]
-    scores = benchmark.compare(reference, ours)
-    assert scores["mean_iou"] == pytest.approx(1.0)
-    assert scores["count_mismatch"] == pytest.approx(0.5)
-    assert scores["max_delta_predicted_iou"] == pytest.approx(0.01)
-    assert scores["max_delta_stability_score"] == pytest.approx(0.01)
-    assert scores["unique_match_fraction"] == 1.0
-    assert benchmark.compare(reference, [])["mean_iou"] == 0.0
-    assert benchmark.compare([], [])["count_mismatch"] == 0.0
-
-
-def test_pipeline_mode_runs_predict_and_reads_summary(benchmark, tmp_path):
+def test_pipeline_runs_the_console_script_and_reads_its_summary(tmp_path):
     import webdataset as wds
 
     rng = np.random.default_rng(0)
@@ -141,9 +94,8 @@ def test_pipeline_mode_runs_predict_and_reads_summary(benchmark, tmp_path):
             image = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
             tar.write({"__key__": f"img{i}", "png": cv2.imencode(".png", image)[1].tobytes()})
     out_json = tmp_path / "pipe.jsonl"
-    argv = ["--pipeline", str(shards), "--model-type", "tiny", "--device", "cpu"]
-    argv += ["--points-per-side", "4", "--rounds", "1", "--json", str(out_json)]
-    benchmark.main(argv)
+    argv = ["pipeline", str(shards), "--model-type", "tiny", "--device", "cpu"]
+    cli.main([*argv, "--points-per-side", "4", "--rounds", "1", "--json", str(out_json)])
 
     (row,) = [json.loads(line) for line in out_json.read_text().splitlines()]
     assert row["kind"] == "pipeline" and row["mode"] == "ours"
@@ -152,9 +104,70 @@ def test_pipeline_mode_runs_predict_and_reads_summary(benchmark, tmp_path):
     assert row["seconds_per_image"] == pytest.approx(1 / row["images_per_second"])
 
 
-def test_help(benchmark, capsys):
+def test_help_names_the_subcommands(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        benchmark.main(["--help"])
+        cli.main(["--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    assert "--pipeline" in out and "--reference-rounds" in out and "--synthetic-size" in out
+    assert "generate" in out and "pipeline" in out
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["generate", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--reference-rounds" in out and "--synthetic-size" in out and "--fast" in out
+
+
+def _record(mask: np.ndarray, iou: float, stability: float, point=(1.0, 2.0)) -> dict:
+    from pycocotools import mask as coco_mask
+
+    rle = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
+    rle["counts"] = rle["counts"].decode("ascii")
+    ys, xs = np.nonzero(mask)
+    return {
+        "segmentation": rle,
+        "bbox": [int(xs.min()), int(ys.min()), int(xs.max() - xs.min()), int(ys.max() - ys.min())],
+        "area": int(mask.sum()),
+        "predicted_iou": iou,
+        "point_coords": [list(point)],
+        "stability_score": stability,
+        "crop_box": [0, 0, 20, 20],
+    }
+
+
+def test_exact_parity_needs_identical_twins_and_scores_within_tolerance():
+    from amg_lightning.bench.parity import SCORE_TOLERANCE, exact_parity
+
+    a, b = np.zeros((20, 20), bool), np.zeros((20, 20), bool)
+    a[:10], b[10:] = True, True
+    reference = [_record(a, 0.9, 0.95), _record(b, 0.8, 0.97)]
+    same_order_changed = [_record(b, 0.8 + SCORE_TOLERANCE / 2, 0.97), _record(a, 0.9, 0.95)]
+    assert exact_parity(reference, same_order_changed).ok
+    moved_point = [_record(a, 0.9, 0.95), _record(b, 0.8, 0.97, point=(1.0, 3.0))]
+    assert exact_parity(reference, moved_point).n_twinned == 1
+    b_pixel = b.copy()
+    b_pixel[0, 0] = True  # one pixel more
+    found = exact_parity(reference, [_record(a, 0.9, 0.95), _record(b_pixel, 0.8, 0.97)])
+    assert not found.ok and found.n_twinned == 1
+    off_score = exact_parity(reference, [_record(a, 0.9 + 1e-4, 0.95), _record(b, 0.8, 0.97)])
+    assert not off_score.ok and off_score.n_twinned == 2
+    assert off_score.max_delta_predicted_iou == pytest.approx(1e-4)
+    extra = exact_parity(reference, [*same_order_changed, _record(a | b, 0.5, 0.5)])
+    assert not extra.ok and extra.n_twinned == 2
+
+
+def test_fast_parity_matches_each_reference_mask_to_its_best():
+    from amg_lightning.bench.parity import fast_parity
+
+    a, b = np.zeros((20, 20), bool), np.zeros((20, 20), bool)
+    a[:10], b[10:] = True, True
+    reference = [_record(a, 0.9, 0.95), _record(b, 0.8, 0.97)]
+    found = fast_parity(reference, [_record(b, 0.7, 0.9), _record(a, 0.91, 0.95)])
+    assert found.mean_iou == pytest.approx(1.0) and found.count_mismatch == 0.0 and found.ok
+    grown = a.copy()
+    grown[10] = True  # 10 pixels more: IoU 100/110
+    found = fast_parity(reference, [_record(grown, 0.9, 0.95), _record(b, 0.8, 0.97)])
+    assert found.mean_iou == pytest.approx((100 / 110 + 1) / 2) and not found.ok
+    found = fast_parity(reference, [*reference, _record(a | b, 0.5, 0.5)])
+    assert found.count_mismatch == pytest.approx(0.5) and not found.ok
+    assert fast_parity(reference, []).mean_iou == 0.0
+    assert fast_parity([], []).ok

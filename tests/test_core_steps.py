@@ -168,7 +168,7 @@ def test_decoder_matches_sam_mask_decoder(tiny_sam):
         decoder = PointDecoder(tiny_sam)
         ctx = decoder.prepare(embedding)
         tokens = decoder.decode_tokens(ctx, points)
-        masks = decoder.upscale(ctx, tokens.keys, tokens.mask_tokens)
+        masks = decoder.upscale(ctx, tokens, torch.arange(10)).clone()
     torch.testing.assert_close(tokens.iou_preds, expected_iou, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(masks, expected_masks, atol=1e-4, rtol=1e-4)
 
@@ -177,3 +177,94 @@ def test_upscale_to_crop_matches_sam_postprocess(tiny_sam):
     low_res = torch.randn(3, 3, 64, 64)
     expected = tiny_sam.postprocess_masks(low_res, (170, 256), (200, 301))
     torch.testing.assert_close(upscale_to_crop(low_res, 256, (170, 256), (200, 301)), expected)
+
+
+@pytest.mark.parametrize(
+    ("input_size", "crop_size"),
+    [
+        ((256, 256), (256, 256)),
+        ((171, 256), (534, 800)),
+        ((256, 9), (1001, 37)),
+        ((1, 256), (3, 700)),
+    ],
+)
+def test_upscale_to_crop_matches_sam_postprocess_at_odd_sizes(tiny_sam, input_size, crop_size):
+    """The cut before the first interpolation keeps every value bit-identical."""
+    low_res = torch.randn(4, 1, 64, 64) * 4
+    expected = tiny_sam.postprocess_masks(low_res, input_size, crop_size)
+    assert torch.equal(upscale_to_crop(low_res, 256, input_size, crop_size), expected)
+
+
+def test_decoder_buffers_reused_across_batches_change_nothing(tiny_sam):
+    """Batches of other sizes through one decoder's workspace give a fresh decoder's results."""
+    torch.manual_seed(1)
+    embedding = torch.randn(1, 32, 16, 16)
+    points = torch.rand(12, 2, dtype=torch.float64) * 256
+    shared = PointDecoder(tiny_sam)
+    ctx = shared.prepare(embedding)
+    for batch in (points[:7], points[7:], points[:3]):
+        fresh = PointDecoder(tiny_sam)
+        fresh_ctx = fresh.prepare(embedding)
+        expected = fresh.decode_tokens(fresh_ctx, batch)
+        expected_masks = fresh.upscale(fresh_ctx, expected, torch.tensor([0, 2])).clone()
+        tokens = shared.decode_tokens(ctx, batch)
+        torch.testing.assert_close(tokens.iou_preds, expected.iou_preds, rtol=0, atol=0)
+        masks = shared.upscale(ctx, tokens, torch.tensor([0, 2]))
+        torch.testing.assert_close(masks, expected_masks, rtol=0, atol=0)
+
+
+def test_bfloat16_upscaler_stays_close(tiny_sam):
+    torch.manual_seed(2)
+    embedding = torch.randn(1, 32, 16, 16)
+    points = torch.rand(6, 2, dtype=torch.float64) * 256
+    exact, fast = PointDecoder(tiny_sam), PointDecoder(tiny_sam, torch.bfloat16)
+    ctx, fast_ctx = exact.prepare(embedding), fast.prepare(embedding)
+    tokens, fast_tokens = exact.decode_tokens(ctx, points), fast.decode_tokens(fast_ctx, points)
+    torch.testing.assert_close(fast_tokens.iou_preds, tokens.iou_preds)  # float32 transformer
+    everything = torch.arange(6)
+    masks = exact.upscale(ctx, tokens, everything).clone()
+    fast_masks = fast.upscale(fast_ctx, fast_tokens, everything)
+    assert fast_masks.dtype == torch.bfloat16
+    torch.testing.assert_close(fast_masks.float(), masks, atol=0.1, rtol=0.05)
+
+
+def test_mask_data_concatenates_and_selects_every_column():
+    from amg_lightning.core.masks import MaskData
+
+    def masks(n: int, start: int) -> MaskData:
+        ids = torch.arange(start, start + n, dtype=torch.float)
+        return MaskData(
+            rles=[np.array([i]) for i in range(start, start + n)],
+            boxes=ids[:, None].expand(n, 4),
+            iou_preds=ids,
+            stability=ids,
+            points=ids[:, None].expand(n, 2),
+            crop_boxes=ids[:, None].expand(n, 4),
+        )
+
+    both = MaskData.cat([masks(2, 0), MaskData(), masks(3, 2)])
+    assert len(both) == 5 and both.boxes.shape == (5, 4)
+    assert both.boxes.dtype == torch.float  # an empty part does not change a column's dtype
+    picked = both.select(torch.tensor([4, 1]))
+    assert [int(r[0]) for r in picked.rles] == [4, 1]
+    for name in MaskData.tensor_columns():
+        assert getattr(picked, name).reshape(2, -1)[:, 0].tolist() == [4.0, 1.0], name
+    assert len(both.select(torch.zeros(5, dtype=torch.bool))) == 0
+    assert len(MaskData.cat([])) == 0 and MaskData().points.shape == (0, 2)
+
+
+def test_batches_sized_by_free_memory(tiny_sam):
+    from amg_lightning.core.memory import (
+        crops_per_pass,
+        encoder_bytes_per_crop,
+        free_bytes,
+        prompts_per_batch,
+    )
+
+    cpu = torch.device("cpu")
+    assert free_bytes(cpu) > 0
+    # The tiny ViT: 2 heads over 16 x 16 tokens of width 32.
+    assert encoder_bytes_per_crop(tiny_sam.image_encoder) == 4 * (3 * 2 * 256**2 + 20 * 32 * 256)
+    assert crops_per_pass(tiny_sam.image_encoder, cpu, 4) == 4  # a few MB fit many times
+    assert crops_per_pass(tiny_sam.image_encoder, cpu, 1) == 1
+    assert prompts_per_batch(4096, 256, cpu, 64) == 64  # the CPU keeps points_per_batch

@@ -82,6 +82,7 @@ def test_same_records_as_reference_on_tiny_model(tiny_sam, random_image):
     for r, o in zip(sorted(reference, key=key), sorted(ours, key=key), strict=True):
         assert o["segmentation"] == r["segmentation"]
         assert o["bbox"] == r["bbox"] and o["crop_box"] == r["crop_box"]
+        assert all(type(v) is int for v in o["bbox"] + o["crop_box"] + [o["area"]])
         assert o["area"] == r["area"]
         assert o["point_coords"][0] == pytest.approx(r["point_coords"][0])
         assert o["predicted_iou"] == pytest.approx(r["predicted_iou"], abs=1e-4)

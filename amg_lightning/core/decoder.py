@@ -15,6 +15,7 @@ but the work is arranged for the automatic generator, where every prompt shares 
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -57,38 +58,93 @@ def _merge(x: Tensor) -> Tensor:
     return x.flatten(1, 2)
 
 
-def _per_head_scores(xh: Tensor, projected: Tensor) -> Tensor:
-    """Each head's B x T x d rows against its slice of the N x (heads*d) `projected`.
+class Workspace:
+    """Large per-batch buffers, allocated once and reused by every following batch.
 
-    Heads lead the product so the shared `projected` is never broadcast over the batch.
-    Returns B x heads*T x N.
+    The decoder's B x N x C activations and B x heads*T x N scores are far above glibc's
+    mmap threshold: allocated afresh each batch, the kernel would fault every page in again
+    (half the run time on the CPU). Writing them into kept buffers makes the library fast
+    under the process's default allocator. `clear()` hands the memory back.
     """
-    b, heads, t, d = xh.shape
-    per_head = projected.reshape(-1, heads, d).permute(1, 2, 0)  # H x d x N
-    out = torch.bmm(xh.transpose(0, 1).reshape(heads, b * t, d), per_head)  # H x BT x N
-    return out.reshape(heads, b, t, -1).transpose(0, 1).reshape(b, heads * t, -1)
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        """An uninitialised tensor of `shape`, with `like`'s dtype and device."""
+        numel = math.prod(shape)
+        buffer = self._buffers.get(name)
+        if (
+            buffer is None
+            or buffer.numel() < numel
+            or buffer.dtype != like.dtype
+            or buffer.device != like.device
+        ):
+            buffer = torch.empty(numel, dtype=like.dtype, device=like.device)
+            self._buffers[name] = buffer
+        return buffer[:numel].view(shape)
+
+    def clear(self) -> None:
+        self._buffers.clear()
+
+
+def _softmax_(x: Tensor, dim: int) -> Tensor:
+    """torch.softmax written over its input (same kernel, same values)."""
+    return torch.ops.aten._softmax.out(x, dim, False, out=x)
+
+
+def _layer_norm_(x: Tensor, norm: nn.Module) -> Tensor:
+    """F.layer_norm over the last dimension, written over `x` some MiB of rows at a time.
+
+    Rows are normalised independently, so the values are the kernel's own; the out= variant
+    of the kernel would allocate a full-size temporary.
+    """
+    rows = x.view(-1, x.shape[-1])
+    step = max(1, _LAYER_NORM_SLICE_BYTES // (rows.shape[1] * rows.element_size()))
+    for start in range(0, rows.shape[0], step):
+        part = rows[start : start + step]
+        part.copy_(F.layer_norm(part, part.shape[-1:], norm.weight, norm.bias, norm.eps))
+    return x
+
+
+_LAYER_NORM_SLICE_BYTES = 16 * 2**20
 
 
 class PointDecoder(nn.Module):
-    """Decodes batches of single foreground points against one image embedding."""
+    """Decodes batches of single foreground points against one image embedding.
 
-    def __init__(self, sam: nn.Module) -> None:
+    With `upscale_dtype=torch.bfloat16` the upscaler (half the decoder's work) runs on a
+    bfloat16 copy of its weights; the transformer, whose IoU predictions decide which masks
+    are kept, stays in float32.
+
+    Large activations live in `workspace`: a batch's results (`DecodedTokens.keys`, the
+    low-resolution logits of `upscale`) are valid until the next call of the same method.
+    """
+
+    def __init__(self, sam: nn.Module, upscale_dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         self.prompt_encoder = sam.prompt_encoder
         self.mask_decoder = sam.mask_decoder
-        self.transformer = sam.mask_decoder.transformer
+        self.transformer = self.mask_decoder.transformer
         self.num_heads = self.transformer.num_heads
+        self.upscaler = (
+            sam.mask_decoder
+            if upscale_dtype == torch.float32
+            else copy.deepcopy(sam.mask_decoder).to(upscale_dtype)
+        )
+        self.workspace = Workspace()
 
     @torch.no_grad()
     def prepare(self, image_embedding: Tensor) -> ImageContext:
         """Per-image work: one 1 x C x h x w embedding in, shared projections out."""
         pe = self.prompt_encoder.get_dense_pe()
         no_mask = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
-        keys = (image_embedding + no_mask).flatten(2).transpose(1, 2)
+        keys = (image_embedding.float() + no_mask).flatten(2).transpose(1, 2)
         pos = pe.flatten(2).transpose(1, 2).to(keys.dtype)[0]
-        layers = self.transformer.layers
+        transformer = self.transformer
+        layers = transformer.layers
         t2i = [layer.cross_attn_token_to_image for layer in layers]
-        t2i.append(self.transformer.final_attn_token_to_image)
+        t2i.append(transformer.final_attn_token_to_image)
         first = layers[0]
         return ImageContext(
             keys=keys,
@@ -109,14 +165,34 @@ class PointDecoder(nn.Module):
         output_tokens = output_tokens.unsqueeze(0).expand(sparse.shape[0], -1, -1)
         return torch.cat([output_tokens, sparse], dim=1)
 
+    def _head_scores(self, xh: Tensor, projected: Tensor) -> Tensor:
+        """Each head's B x T x d rows against its slice of the N x (heads*d) `projected`.
+
+        Heads lead the product so the shared `projected` is never broadcast over the batch.
+        Returns H x BT x N (a workspace).
+        """
+        b, heads, t, d = xh.shape
+        per_head = projected.reshape(-1, heads, d).permute(1, 2, 0)  # H x d x N
+        out = self.workspace.get("head_scores", (heads, b * t, per_head.shape[-1]), xh)
+        return torch.bmm(xh.transpose(0, 1).reshape(heads, b * t, d), per_head, out=out)
+
+    def _scores(self, xh: Tensor, projected: Tensor) -> Tensor:
+        """`_head_scores` laid out batch first: B x heads*T x N (a workspace)."""
+        b, heads, t, _ = xh.shape
+        by_head = self._head_scores(xh, projected)
+        n = by_head.shape[-1]
+        scores = self.workspace.get("scores", (b, heads * t, n), xh)
+        scores.view(b, heads, t, n).copy_(by_head.view(heads, b, t, n).transpose(0, 1))
+        return scores
+
     def _token_to_image(self, attn: nn.Module, q: Tensor, keys: Tensor, pos_k: Tensor) -> Tensor:
         """Tokens attend to per-prompt image tokens without projecting the image tokens."""
         heads, d = self.num_heads, attn.internal_dim // self.num_heads
         qh = _heads(attn.q_proj(q), heads) / math.sqrt(d)  # B x H x T x d
         wk = attn.k_proj.weight.reshape(heads, d, -1)  # H x d x C
         # (keys + pos) Wk^T q^T, with the shared pos Wk^T projected once per image.
-        scores = _per_head_scores(qh, pos_k).baddbmm_(_merge(qh @ wk), keys.transpose(1, 2))
-        mixed = (torch.softmax(scores, dim=-1) @ keys).unflatten(1, (heads, -1))  # B x H x T x C
+        scores = self._scores(qh, pos_k).baddbmm_(_merge(qh @ wk), keys.transpose(1, 2))
+        mixed = (_softmax_(scores, -1) @ keys).unflatten(1, (heads, -1))  # B x H x T x C
         wv = attn.v_proj.weight.reshape(heads, d, -1)
         out = mixed @ wv.transpose(1, 2) + attn.v_proj.bias.reshape(heads, 1, d)
         return attn.out_proj(out.transpose(1, 2).flatten(2))
@@ -126,10 +202,11 @@ class PointDecoder(nn.Module):
         attn = layer.cross_attn_token_to_image
         heads, d = self.num_heads, attn.internal_dim // self.num_heads
         qh = _heads(attn.q_proj(q), heads) / math.sqrt(d)  # B x H x T x d
-        kh = ctx.first_t2i_k.reshape(-1, heads, d).transpose(0, 1)  # H x N x d
-        vh = ctx.first_t2i_v.reshape(-1, heads, d).transpose(0, 1)
-        out = torch.softmax(qh @ kh.transpose(1, 2), dim=-1) @ vh  # B x H x T x d
-        return attn.out_proj(out.transpose(1, 2).flatten(2))
+        b, t = qh.shape[0], qh.shape[2]
+        vh = ctx.first_t2i_v.reshape(-1, heads, d).transpose(0, 1)  # H x N x d
+        scores = _softmax_(self._head_scores(qh, ctx.first_t2i_k), -1)  # H x BT x N
+        out = torch.bmm(scores, vh).view(heads, b, t, d)
+        return attn.out_proj(out.permute(1, 2, 0, 3).flatten(2))
 
     def _image_to_token(
         self, i: int, ctx: ImageContext, keys: Tensor, tokens: Tensor, queries: Tensor
@@ -144,21 +221,22 @@ class PointDecoder(nn.Module):
         heads, d = self.num_heads, attn.internal_dim // self.num_heads
         kh = _heads(attn.k_proj(queries + tokens), heads) / math.sqrt(d)  # B x H x T x d
         if i == 0:
-            scores = _per_head_scores(kh, ctx.first_i2t_q)  # B x HT x N
+            scores = self._scores(kh, ctx.first_i2t_q)  # B x HT x N
         else:
             wq = attn.q_proj.weight.reshape(heads, d, -1)  # H x d x C
             bias = _merge(kh @ attn.q_proj.bias.reshape(heads, d, 1))  # B x HT x 1
-            scores = _per_head_scores(kh, ctx.i2t_pos_q[i]).add_(bias)
+            scores = self._scores(kh, ctx.i2t_pos_q[i]).add_(bias)
             scores.baddbmm_(_merge(kh @ wq), keys.transpose(1, 2))
         # Softmax over the T prompt tokens, laid out along dim 2 so the kernel runs over N.
         b, t = kh.shape[0], kh.shape[2]
-        probs = torch.softmax(scores.view(b, heads, t, -1), dim=2).view(b, heads * t, -1)
+        probs = _softmax_(scores.view(b, heads, t, -1), 2).view(b, heads * t, -1)
         vh = _heads(attn.v_proj(queries), heads)  # B x H x T x d
         wo = attn.out_proj.weight.reshape(-1, heads, d).transpose(0, 1)  # H x C x d
         # Each head's probabilities sum to one, so the output bias is spread over the heads.
         u = _merge(vh @ wo.transpose(1, 2) + attn.out_proj.bias / heads)  # B x HT x C
         if i == 0:
-            return torch.baddbmm(keys, probs.transpose(1, 2), u)
+            out = self.workspace.get("keys", (b, *keys.shape[1:]), keys)
+            return torch.baddbmm(keys, probs.transpose(1, 2), u, out=out)
         return keys.baddbmm_(probs.transpose(1, 2), u)  # keys are this batch's own
 
     @torch.no_grad()
@@ -180,7 +258,7 @@ class PointDecoder(nn.Module):
                 update = self._token_to_image(attn, queries + tokens, keys, ctx.t2i_pos_k[i])
             queries = layer.norm2(queries + update)
             queries = layer.norm3(queries + layer.mlp(queries))
-            keys = layer.norm4(self._image_to_token(i, ctx, keys, tokens, queries))
+            keys = _layer_norm_(self._image_to_token(i, ctx, keys, tokens, queries), layer.norm4)
 
         # Only the IoU token and the three multimask tokens are read after the final attention,
         # in which each token attends on its own: the other three are not computed.
@@ -194,20 +272,51 @@ class PointDecoder(nn.Module):
         return DecodedTokens(keys=keys, mask_tokens=queries[:, 1:4, :], iou_preds=iou_preds[:, 1:])
 
     @torch.no_grad()
-    def upscale(self, ctx: ImageContext, keys: Tensor, mask_tokens: Tensor) -> Tensor:
-        """Low-resolution mask logits (b x 3 x 4h x 4w) for the given prompts' outputs.
+    def upscale(self, ctx: ImageContext, tokens: DecodedTokens, prompts: Tensor) -> Tensor:
+        """Low-resolution mask logits (P x 3 x 4h x 4w) of the P prompts at indices `prompts`.
 
-        The keys are channels-last already; the convolutions run on that layout, so the
-        channel norm and the hypernetwork product need no transposed copies.
+        Each of the upscaler's 2 x 2, stride-2 transposed convolutions maps a pixel to its own
+        2 x 2 block, so each is one matrix product over channels-last pixels, with the blocks
+        kept beside their pixel: channel norm and GELU work per pixel and need no other order.
+        Only the hypernetwork product, 3 channels, is put in image order.
         """
-        conv1, norm, _, conv2, _ = self.mask_decoder.output_upscaling
-        b, (h, w) = keys.shape[0], ctx.grid
-        x = conv1(keys.view(b, h, w, -1).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        x = F.gelu(F.layer_norm(x, x.shape[-1:], norm.weight, norm.bias, norm.eps))
-        x = F.gelu(conv2(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)  # b x 4h x 4w x C/8
-        mlps = self.mask_decoder.output_hypernetworks_mlps
-        hyper = torch.stack([mlps[i + 1](mask_tokens[:, i]) for i in range(3)], dim=1)
-        return torch.einsum("bmc,byxc->bmyx", hyper, x)
+        conv1, norm, _, conv2, _ = self.upscaler.output_upscaling
+        keys = tokens.keys
+        (h, w), channels = ctx.grid, keys.shape[-1]
+        c1, c2 = conv1.out_channels, conv2.out_channels
+        w1 = conv1.weight.permute(0, 2, 3, 1).reshape(channels, 4 * c1)  # columns (i, j, c1)
+        w2 = conv2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)  # columns (k, l, c2)
+        b1, b2 = conv1.bias.repeat(4), conv2.bias.repeat(4)
+        mlps = self.upscaler.output_hypernetworks_mlps
+        mask_tokens = tokens.mask_tokens[prompts].to(w1.dtype)
+        hyper = torch.stack([mlps[i + 1](mask_tokens[:, i]) for i in range(3)], dim=1)  # P x 3 x c2
+        ws = self.workspace
+        out = ws.get("low_res", (len(prompts), 3, 4 * h, 4 * w), w1)
+        step = max(1, _UPSCALE_CHUNK_BYTES // (h * w * 16 * c2 * w1.element_size()))
+        for start in range(0, len(prompts), step):
+            index = prompts[start : start + step]
+            n = len(index)
+            x = torch.index_select(keys, 0, index, out=ws.get("up_in", (n, h * w, channels), keys))
+            if x.dtype != w1.dtype:
+                x = ws.get("up_in_cast", x.shape, w1).copy_(x)
+            y1 = ws.get("up1", (n * h * w, 4 * c1), w1)
+            torch.addmm(b1, x.view(-1, channels), w1, out=y1)
+            y1 = y1.view(-1, c1)  # rows (prompt, y, x, i, j)
+            _layer_norm_(y1, norm)
+            torch.ops.aten.gelu_(y1)
+            y2 = torch.addmm(b2, y1, w2, out=ws.get("up2", (y1.shape[0], 4 * c2), w1))
+            torch.ops.aten.gelu_(y2)  # rows (prompt, y, x, i, j), columns (k, l, c2)
+            logits = ws.get("up3", (n, 3, h * w * 16), w1)
+            torch.bmm(hyper[start : start + n], y2.view(n, -1, c2).transpose(1, 2), out=logits)
+            # Pixel (y, x), block (i, j), block (k, l) is row 4y + 2i + k, column 4x + 2j + l.
+            blocks = logits.view(n, 3, h, w, 2, 2, 2, 2).permute(0, 1, 2, 4, 6, 3, 5, 7)
+            out[start : start + n].view(n, 3, h, 2, 2, w, 2, 2).copy_(blocks)
+        return out
+
+
+# Upscaler work per slice of prompts (the last layer's output): few slices, since each op
+# is a parallel region whose threads wait for each other.
+_UPSCALE_CHUNK_BYTES = 64 * 2**20
 
 
 def upscale_to_crop(

@@ -8,10 +8,9 @@ crops, then optionally fill small holes and remove small islands, and NMS again.
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -24,56 +23,23 @@ from amg_lightning.core.decoder import ImageContext, PointDecoder, upscale_to_cr
 from amg_lightning.core.embedding_cache import EmbeddingCache
 from amg_lightning.core.grids import crop_boxes, layer_point_grids
 from amg_lightning.core.image import check_image, encoder_input, resized_shape
+from amg_lightning.core.masks import CropFrame, MaskData
+from amg_lightning.core.memory import crops_per_pass, prompts_per_batch
 from amg_lightning.core.regions import remove_small_regions
 from amg_lightning.core.settings import AmgSettings
 
-
-@dataclass
-class MaskSet:
-    """Masks of one image as parallel columns; RLEs are in full-image coordinates."""
-
-    rles: list[np.ndarray] = field(default_factory=list)
-    boxes: list[Tensor] = field(default_factory=list)  # XYXY, image frame
-    iou_preds: list[Tensor] = field(default_factory=list)
-    stability: list[Tensor] = field(default_factory=list)
-    points: list[Tensor] = field(default_factory=list)  # XY, image frame
-    crop_boxes: list[Tensor] = field(default_factory=list)  # XYXY
-
-    def add(self, rles: list[np.ndarray], **columns: Tensor) -> None:
-        self.rles.extend(rles)
-        for name, values in columns.items():
-            getattr(self, name).append(values.cpu())
-
-    def merged(self) -> MaskSet:
-        """One tensor per column (empty tensors when there are no masks)."""
-        empty = {"boxes": (0, 4), "points": (0, 2), "crop_boxes": (0, 4)}
-        out = MaskSet(rles=list(self.rles))
-        for name in ("boxes", "iou_preds", "stability", "points", "crop_boxes"):
-            parts = getattr(self, name)
-            setattr(out, name, [torch.cat(parts) if parts else torch.zeros(empty.get(name, (0,)))])
-        return out
-
-    def column(self, name: str) -> Tensor:
-        return getattr(self, name)[0]
-
-    def select(self, keep: Tensor) -> MaskSet:
-        """The masks at indices `keep` (of a merged set), in that order."""
-        index = keep.tolist()
-        out = MaskSet(rles=[self.rles[i] for i in index])
-        for name in ("boxes", "iou_preds", "stability", "points", "crop_boxes"):
-            setattr(out, name, [self.column(name)[keep]])
-        return out
-
-    def __len__(self) -> int:
-        return len(self.rles)
+log = logging.getLogger(__name__)
 
 
 class AutomaticMaskGenerator:
     """Drop-in for segment_anything's SamAutomaticMaskGenerator; same arguments and records.
 
-    `fast=True` runs the encoder and decoder under bfloat16 autocast on CUDA (masks differ
-    slightly from the reference; scripts/benchmark.py reports by how much). It has no effect
-    on the CPU. With an `embedding_cache`, crop embeddings are looked up by `model_id`, image
+    `fast=True` runs the mask upscaler (half the decoder's work) in bfloat16 where the device
+    has native bfloat16 products (CUDA; CPUs with AVX512-BF16 or AMX; elsewhere it logs a
+    warning and stays in float32). The image encoder and the transformer, whose IoU
+    predictions decide which masks are kept, stay in float32, as do thresholds, stability
+    scores and NMS: masks differ slightly from the reference (`amg-bench` reports by how
+    much). With an `embedding_cache`, crop embeddings are looked up by `model_id`, image
     and crop box before the encoder runs, so a threshold sweep encodes each crop once.
     """
 
@@ -87,8 +53,10 @@ class AutomaticMaskGenerator:
     ) -> None:
         self.settings = AmgSettings(**settings)
         self.model = model
-        self.decoder = PointDecoder(model)
-        self.fast = fast
+        self.fast = fast and _bfloat16_supported(self.device)
+        if fast and not self.fast:
+            log.warning("fast mode: no bfloat16 support on %s, running in float32", self.device)
+        self.decoder = PointDecoder(model, torch.bfloat16 if self.fast else torch.float32)
         self.embedding_cache = embedding_cache
         self.model_id = model_id
         s = self.settings
@@ -127,23 +95,32 @@ class AutomaticMaskGenerator:
             for i, (boxes, layers) in enumerate(plans)
             for box, layer in zip(boxes, layers, strict=True)
         ]
-        masks_per_image = [MaskSet() for _ in images]
-        for (i, box, layer), embedding in zip(jobs, self._embeddings(images, jobs), strict=True):
-            crop_masks = self._crop_masks(embedding, images[i].shape[:2], box, layer)
-            masks_per_image[i].add(crop_masks.rles, **{k: crop_masks.column(k) for k in _COLUMNS})
+        crops_per_image: list[list[MaskData]] = [[] for _ in images]
+        try:
+            for (i, box, layer), embedding in zip(
+                jobs, self._embeddings(images, jobs), strict=True
+            ):
+                frame = self._frame(box, images[i].shape[:2])
+                crops_per_image[i].append(self._crop_masks(embedding, frame, layer))
+        finally:
+            self.decoder.workspace.clear()  # the decoder's buffers live for one call
         return [
-            self._finish(masks.merged(), image.shape[:2])
-            for masks, image in zip(masks_per_image, images, strict=True)
+            self._finish(MaskData.cat(crops), image.shape[:2])
+            for crops, image in zip(crops_per_image, images, strict=True)
         ]
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.fast and self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+    def _frame(self, box: list[int], image_size: tuple[int, int]) -> CropFrame:
+        x0, y0, x1, y1 = box
+        input_size = resized_shape(y1 - y0, x1 - x0, self.model.image_encoder.img_size)
+        return CropFrame(tuple(box), tuple(image_size), input_size)
 
     def _embeddings(self, images: list[np.ndarray], jobs: list[tuple]) -> Iterator[Tensor]:
-        """Image-encoder embeddings of every crop, `crops_per_batch` crops per forward pass."""
-        step = self.settings.crops_per_batch
+        """Image-encoder embeddings of every crop, as many per pass as memory allows.
+
+        At most `crops_per_batch`, and no more than half the free memory holds
+        (`core.memory.crops_per_pass`): four 1024² crops through ViT-H take over 12 GB.
+        """
+        step = crops_per_pass(self.model.image_encoder, self.device, self.settings.crops_per_batch)
         for start in range(0, len(jobs), step):
             chunk = jobs[start : start + step]
             crops = [images[i][y0:y1, x0:x1] for i, (x0, y0, x1, y1), _ in chunk]
@@ -152,9 +129,8 @@ class AutomaticMaskGenerator:
             missing = [j for j, embedding in enumerate(found) if embedding is None]
             if missing:
                 started = time.perf_counter()
-                with self._autocast():
-                    batch = encoder_input(self.model, [crops[j] for j in missing])
-                    fresh = self.model.image_encoder(batch).float()
+                batch = encoder_input(self.model, [crops[j] for j in missing])
+                fresh = self.model.image_encoder(batch)
                 seconds = (time.perf_counter() - started) / len(missing)
                 for j, embedding in zip(missing, fresh.split(1), strict=True):
                     found[j] = embedding
@@ -167,42 +143,29 @@ class AutomaticMaskGenerator:
             return None
         return self.embedding_cache.key(self.model_id, image, crop_box)
 
-    def _crop_masks(
-        self, embedding: Tensor, image_size: tuple[int, int], crop_box: list[int], layer: int
-    ) -> MaskSet:
+    def _crop_masks(self, embedding: Tensor, frame: CropFrame, layer: int) -> MaskData:
         """Masks prompted by one crop's point grid, filtered and de-duplicated within the crop."""
-        x0, y0, x1, y1 = crop_box
-        crop_size = (y1 - y0, x1 - x0)
-        input_size = resized_shape(*crop_size, self.model.image_encoder.img_size)
-        points = self.point_grids[layer] * np.array(crop_size)[None, ::-1]  # XY in the crop
-        scale = np.array([input_size[1] / crop_size[1], input_size[0] / crop_size[0]])
-        with self._autocast():
-            ctx = self.decoder.prepare(embedding)
-        masks = MaskSet()
-        for start in range(0, len(points), self.settings.points_per_batch):
-            batch = points[start : start + self.settings.points_per_batch]
-            self._decode_batch(ctx, batch, scale, crop_box, image_size, input_size, masks)
-        masks = masks.merged()
-        keep = box_nms(
-            masks.column("boxes"), masks.column("iou_preds"), self.settings.box_nms_thresh
+        crop_h, crop_w = frame.crop_size
+        points = self.point_grids[layer] * np.array([crop_w, crop_h])[None]  # XY in the crop
+        ctx = self.decoder.prepare(embedding)
+        step = prompts_per_batch(
+            ctx.keys.shape[1], ctx.keys.shape[2], self.device, self.settings.points_per_batch
         )
-        return masks.select(keep)
+        masks = MaskData.cat(
+            [
+                self._decode_batch(ctx, points[start : start + step], frame)
+                for start in range(0, len(points), step)
+            ]
+        )
+        return masks.select(box_nms(masks.boxes, masks.iou_preds, self.settings.box_nms_thresh))
 
-    def _decode_batch(
-        self,
-        ctx: ImageContext,
-        points: np.ndarray,
-        scale: np.ndarray,
-        crop_box: list[int],
-        image_size: tuple[int, int],
-        input_size: tuple[int, int],
-        out: MaskSet,
-    ) -> None:
-        """Decodes one batch of points and adds the masks that pass every per-mask filter."""
+    def _decode_batch(self, ctx: ImageContext, points: np.ndarray, frame: CropFrame) -> MaskData:
+        """The masks of one batch of points (crop frame) that pass every per-mask filter."""
         s = self.settings
+        (crop_h, crop_w), (input_h, input_w) = frame.crop_size, frame.input_size
+        scale = np.array([input_w / crop_w, input_h / crop_h])
         model_points = torch.as_tensor(points * scale, device=self.device)
-        with self._autocast():
-            tokens = self.decoder.decode_tokens(ctx, model_points)
+        tokens = self.decoder.decode_tokens(ctx, model_points)
         iou_preds = tokens.iou_preds.float()
         passed = (
             iou_preds > s.pred_iou_thresh
@@ -211,46 +174,41 @@ class AutomaticMaskGenerator:
         )
         prompts = passed.any(dim=1).nonzero()[:, 0]
         if len(prompts) == 0:
-            return
+            return MaskData()
         # Only prompts with a mask that passed are upscaled; the rest would be dropped anyway.
-        keys, mask_tokens = tokens.keys, tokens.mask_tokens
-        if len(prompts) < len(passed):  # a gather copies B x N x C: skip it when all passed
-            keys, mask_tokens = keys[prompts], mask_tokens[prompts]
-        with self._autocast():
-            low_res = self.decoder.upscale(ctx, keys, mask_tokens)
-        kept = passed[prompts]
-        low_res = low_res.float()[kept]
-        mask_points = torch.as_tensor(points, device=self.device)[prompts].repeat_interleave(
-            kept.sum(1), dim=0
-        )
-        mask_ious = iou_preds[prompts][kept]
-        crop_size = (crop_box[3] - crop_box[1], crop_box[2] - crop_box[0])
-        for chunk in self._chunks(len(low_res), crop_size):
+        low_res = self.decoder.upscale(ctx, tokens, prompts)
+        prompt_of_mask, mask_of_prompt = passed[prompts].nonzero(as_tuple=True)
+        mask_points = torch.as_tensor(points, device=self.device)[prompts[prompt_of_mask]]
+        mask_ious = iou_preds[prompts[prompt_of_mask], mask_of_prompt]
+        parts = []
+        for chunk in self._chunks(len(prompt_of_mask), frame.crop_size):
+            chunk_low_res = low_res[prompt_of_mask[chunk], mask_of_prompt[chunk]].float()
             logits = upscale_to_crop(
-                low_res[chunk, None], self.model.image_encoder.img_size, input_size, crop_size
+                chunk_low_res[:, None],
+                self.model.image_encoder.img_size,
+                frame.input_size,
+                frame.crop_size,
             )[:, 0]
-            self._filter_full_res(
-                logits, mask_ious[chunk], mask_points[chunk], crop_box, image_size, out
-            )
+            parts.append(self._filter_full_res(logits, mask_ious[chunk], mask_points[chunk], frame))
+        return MaskData.cat(parts)
 
     def _chunks(self, count: int, crop_size: tuple[int, int]) -> Iterator[slice]:
-        """Slices of masks whose full-resolution logits fit in `upscale_budget_mb`."""
+        """Slices of masks whose full-resolution work fits in a few tens of MiB.
+
+        Small enough for glibc to reuse the memory from one slice to the next (it maps larger
+        blocks afresh each time), and never more than `upscale_budget_mb`.
+        """
         encoder_size = self.model.image_encoder.img_size
         bytes_per_mask = 4 * (crop_size[0] * crop_size[1] * 3 + encoder_size**2)
-        step = max(1, self.settings.upscale_budget_mb * 2**20 // bytes_per_mask)
+        budget = min(self.settings.upscale_budget_mb * 2**20, _FULL_RES_CHUNK_BYTES)
+        step = max(1, budget // bytes_per_mask)
         for start in range(0, count, step):
             yield slice(start, start + step)
 
     def _filter_full_res(
-        self,
-        logits: Tensor,
-        iou_preds: Tensor,
-        points: Tensor,
-        crop_box: list[int],
-        image_size: tuple[int, int],
-        out: MaskSet,
-    ) -> None:
-        """Stability filter, binarisation, crop-edge filter and RLE for crop-sized logits."""
+        self, logits: Tensor, iou_preds: Tensor, points: Tensor, frame: CropFrame
+    ) -> MaskData:
+        """Stability filter, binarisation, crop-edge filter and RLE of crop-sized logits."""
         s = self.settings
         threshold = self.model.mask_threshold
         stability = stability_score(logits, threshold, s.stability_score_offset)
@@ -259,27 +217,26 @@ class AutomaticMaskGenerator:
             if s.stability_score_thresh > 0
             else torch.ones_like(stability, dtype=torch.bool)
         )
-        encoded = rle.encode_in_image((logits > threshold)[keep], crop_box, image_size)
+        crop_box = list(frame.box)
+        encoded = rle.encode_in_image((logits > threshold)[keep], crop_box, frame.image_size)
         boxes = torch.from_numpy(encoded.boxes)
-        inside = ~near_crop_edge(boxes, crop_box, [0, 0, image_size[1], image_size[0]])
-        if not inside.any():
-            return
-        out.add(
-            [counts for counts, kept in zip(encoded.counts, inside.tolist(), strict=True) if kept],
-            boxes=boxes[inside],
-            iou_preds=iou_preds[keep].cpu()[inside],
-            stability=stability[keep].cpu()[inside],
-            points=points[keep].cpu()[inside] + torch.tensor(crop_box[:2]),
-            crop_boxes=torch.tensor([crop_box]).expand(int(inside.sum()), 4),
+        masks = MaskData(
+            rles=encoded.counts,
+            boxes=boxes,
+            iou_preds=iou_preds[keep].cpu(),
+            stability=stability[keep].cpu(),
+            points=points[keep].cpu() + torch.tensor(crop_box[:2]),
+            crop_boxes=torch.tensor([crop_box]).expand(len(boxes), 4),
         )
+        return masks.select(~near_crop_edge(boxes, crop_box, frame.image_box))
 
-    def _finish(self, masks: MaskSet, image_size: tuple[int, int]) -> list[dict[str, Any]]:
+    def _finish(self, masks: MaskData, image_size: tuple[int, int]) -> list[dict[str, Any]]:
         """Cross-crop NMS, small-region removal, and the output records."""
         s = self.settings
         if s.crop_n_layers > 0:
-            crops = masks.column("crop_boxes")
+            crops = masks.crop_boxes
             areas = ((crops[:, 2] - crops[:, 0]) * (crops[:, 3] - crops[:, 1])).float()
-            masks = masks.select(box_nms(masks.column("boxes"), 1 / areas, s.crop_nms_thresh))
+            masks = masks.select(box_nms(masks.boxes, 1 / areas, s.crop_nms_thresh))
         if s.min_mask_region_area > 0 and len(masks):
             masks = self._remove_small_regions(
                 masks, image_size, max(s.box_nms_thresh, s.crop_nms_thresh)
@@ -287,11 +244,12 @@ class AutomaticMaskGenerator:
         return [self._record(masks, i, image_size) for i in range(len(masks))]
 
     def _remove_small_regions(
-        self, masks: MaskSet, image_size: tuple[int, int], nms_thresh: float
-    ) -> MaskSet:
+        self, masks: MaskData, image_size: tuple[int, int], nms_thresh: float
+    ) -> MaskData:
         """Fills small holes and drops small islands; NMS prefers masks that needed neither."""
-        boxes = masks.column("boxes").clone()
-        changed_rles: dict[int, np.ndarray] = {}
+        boxes = masks.boxes.clone()
+        rles = list(masks.rles)
+        unchanged = torch.ones(len(masks))
         for i, counts in enumerate(masks.rles):
             mask, changed = remove_small_regions(
                 rle.decode(counts, image_size),
@@ -300,28 +258,34 @@ class AutomaticMaskGenerator:
             )
             if changed:
                 encoded = rle.encode_mask(mask)
-                changed_rles[i] = encoded.counts[0]
+                rles[i] = encoded.counts[0]
                 boxes[i] = torch.from_numpy(encoded.boxes[0])
-        unchanged = torch.tensor([float(i not in changed_rles) for i in range(len(masks))])
-        keep = box_nms(boxes, unchanged, nms_thresh)
-        masks.rles = [changed_rles.get(i, counts) for i, counts in enumerate(masks.rles)]
-        masks.boxes = [boxes]
-        return masks.select(keep)
+                unchanged[i] = 0.0
+        masks = masks.with_columns(rles=rles, boxes=boxes)
+        return masks.select(box_nms(boxes, unchanged, nms_thresh))
 
-    def _record(self, masks: MaskSet, i: int, image_size: tuple[int, int]) -> dict[str, Any]:
+    def _record(self, masks: MaskData, i: int, image_size: tuple[int, int]) -> dict[str, Any]:
         counts = masks.rles[i]
         return {
             "segmentation": _encode_output(counts, image_size, self.settings.output_mode),
             "area": rle.area(counts),
-            "bbox": xyxy_to_xywh(masks.column("boxes")[i : i + 1])[0].tolist(),
-            "predicted_iou": masks.column("iou_preds")[i].item(),
-            "point_coords": [masks.column("points")[i].tolist()],
-            "stability_score": masks.column("stability")[i].item(),
-            "crop_box": xyxy_to_xywh(masks.column("crop_boxes")[i : i + 1])[0].tolist(),
+            "bbox": xyxy_to_xywh(masks.boxes[i : i + 1])[0].tolist(),
+            "predicted_iou": masks.iou_preds[i].item(),
+            "point_coords": [masks.points[i].tolist()],
+            "stability_score": masks.stability[i].item(),
+            "crop_box": xyxy_to_xywh(masks.crop_boxes[i : i + 1])[0].tolist(),
         }
 
 
-_COLUMNS = ("boxes", "iou_preds", "stability", "points", "crop_boxes")
+# Full-resolution work per slice of masks (see `_chunks`).
+_FULL_RES_CHUNK_BYTES = 32 * 2**20
+
+
+def _bfloat16_supported(device: torch.device) -> bool:
+    """Whether bfloat16 products run natively: CUDA's check, or oneDNN's (AVX512-BF16, AMX)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def stability_score(logits: Tensor, threshold: float, offset: float) -> Tensor:

@@ -15,8 +15,9 @@ class AmgSettings:
     """Everything that decides which masks come out, with the reference's defaults.
 
     Three settings bound memory and never change the masks: `points_per_batch` (prompts the
-    decoder runs at once), `upscale_budget_mb` (full-resolution mask logits held at once) and
-    `crops_per_batch` (crops, of one or several images, per image-encoder pass).
+    decoder runs at once; on CUDA more, as free memory allows), `upscale_budget_mb`
+    (full-resolution mask logits held at once) and `crops_per_batch` (the most crops, of one
+    or several images, per image-encoder pass; fewer when free memory is short).
 
     `tile_size` (pixels; None: off) cuts images larger than it into tiles overlapping by at
     least `tile_overlap` pixels, merged into one mask per object (see core/tiling.py).

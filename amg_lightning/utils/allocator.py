@@ -12,9 +12,9 @@ def keep_freed_memory() -> bool:
     """Ask glibc to serve every allocation from its heap and keep freed memory there.
 
     By default glibc maps each block above 32 MiB afresh and unmaps it when it is freed, so
-    the next block of that size faults in again, a page at a time. The decoder makes such
-    blocks at every step (B x N x C activations); on the CPU they spent about a third of
-    their time in those faults. The cost: the process keeps its peak memory until it exits.
+    the next block of that size faults in again, a page at a time. The generator keeps its
+    own large buffers and does not need this; model code (the image encoder) still makes such
+    blocks once per crop. The cost: the process keeps its peak memory until it exits.
     Process-wide, so the application decides; returns whether glibc took the setting.
     """
     if not sys.platform.startswith("linux"):

@@ -1,0 +1,1 @@
+"""Benchmarks: our generator against SAM's reference, and the pipeline end to end (`amg-bench`)."""

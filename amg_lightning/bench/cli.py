@@ -1,0 +1,114 @@
+"""`amg-bench`: time the generator against SAM's reference, or the whole pipeline.
+
+    amg-bench generate --images photos/dog.jpg --checkpoint mobile_sam.pt --fast
+    amg-bench generate --model-type vit_h --synthetic-size 4000x3000 --rounds 3 \\
+        --reference-rounds 1 --json bench.jsonl --markdown bench.md
+    amg-bench pipeline 'shards/images-{000000..000003}.tar' --checkpoint mobile_sam.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from amg_lightning.bench import generate, pipeline
+from amg_lightning.bench.machine import git_commit, hardware
+from amg_lightning.bench.report import print_table, write_outputs
+from amg_lightning.core.models import MODEL_TYPES
+
+warnings.filterwarnings("ignore", category=FutureWarning, module="timm")
+warnings.filterwarnings("ignore", message="Overwriting tiny_vit")
+
+
+def _common_arguments(parser: argparse.ArgumentParser) -> None:
+    model = parser.add_argument_group("model and machine")
+    model.add_argument(
+        "--model-type", default="vit_t", choices=MODEL_TYPES, help="SAM model (default vit_t)"
+    )
+    model.add_argument(
+        "--checkpoint", type=Path, help="weights file; absent: random weights (fine for timing)"
+    )
+    model.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="default: cuda if available",
+    )
+    model.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
+    model.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="glibc keeps freed memory (utils/allocator.py); process-wide, so it applies "
+        "to every implementation in the run alike",
+    )
+    model.add_argument(
+        "--fast", action="store_true", help="also time our fast mode (bfloat16 upscaler)"
+    )
+    out = parser.add_argument_group("timing and output")
+    out.add_argument("--rounds", type=int, default=3, help="timed rounds (default 3)")
+    out.add_argument("--json", type=Path, help="append one JSON row per mode to this file")
+    out.add_argument("--markdown", type=Path, help="append table rows to this markdown file")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="amg-bench",
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, module in (("generate", generate), ("pipeline", pipeline)):
+        sub = commands.add_parser(
+            name,
+            help=module.__doc__.split("\n")[0],
+            description=module.__doc__,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        _common_arguments(sub)
+        module.add_arguments(sub)
+    args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds must be >= 1")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda, but CUDA is not available")
+    if args.command == "generate":
+        generate.check_arguments(parser, args)
+    return args
+
+
+def common_fields(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "git_commit": git_commit(),
+        "model_type": args.model_type,
+        "checkpoint": str(args.checkpoint) if args.checkpoint else None,
+        "device": args.device,
+        "settings": generate.generator_settings(args),
+        "keep_freed_memory": bool(args.keep_freed_memory),
+        "hardware": hardware(args.device),
+    }
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.keep_freed_memory and args.command == "generate":  # amg-predict applies it itself
+        from amg_lightning.utils.allocator import keep_freed_memory
+
+        print(f"keep_freed_memory: {keep_freed_memory()}", flush=True)
+    module = generate if args.command == "generate" else pipeline
+    rows = module.run(args, common_fields(args))
+    print_table(rows)
+    write_outputs(rows, args)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,265 @@
+"""`amg-bench generate`: our generator against SAM's reference, side by side in one process.
+
+Both run on the same model object, images and settings: one untimed warm-up call of each on
+the first image, then per round and image the reference, ours and (with --fast) our fast mode,
+one after another, so load from other work falls on all of them alike. Reported per mode:
+seconds per image, ratio to the reference, peak memory, and parity with the reference
+(`amg_lightning.bench.parity`: exact twins for the exact mode, matched IoU and counts for all).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from amg_lightning.bench import parity
+from amg_lightning.bench.images import Image, image_set_label, load_images
+from amg_lightning.bench.machine import Call, hardware_label, mb, measure, process_max_rss
+
+# Flag -> generator argument; only the flags given are passed (else the reference's defaults).
+SETTING_FLAGS = (
+    "points_per_side",
+    "crop_n_layers",
+    "points_per_batch",
+    "pred_iou_thresh",
+    "stability_score_thresh",
+    "min_mask_region_area",
+)
+PARITY_FIELDS = (
+    "exact_parity",
+    "mean_iou",
+    "min_image_mean_iou",
+    "count_mismatch",
+    "max_count_mismatch",
+    "max_delta_predicted_iou",
+    "max_delta_stability_score",
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    images = parser.add_argument_group("images")
+    images.add_argument("--images", nargs="+", type=Path, default=[], help="image files or folders")
+    images.add_argument("--max-images", type=int, help="use at most N of the image files")
+    images.add_argument(
+        "--resize-long-side",
+        type=int,
+        help="shrink image files so their longer side is at most this (not synthetic images)",
+    )
+    images.add_argument(
+        "--synthetic-size",
+        type=parse_size,
+        metavar="WxH",
+        help="add a synthetic image of this size, e.g. 4000x3000",
+    )
+    settings = parser.add_argument_group("generator settings (default: the reference's)")
+    for name in SETTING_FLAGS:
+        kind = float if name.endswith("thresh") else int
+        settings.add_argument("--" + name.replace("_", "-"), type=kind)
+    parser.add_argument(
+        "--reference-rounds",
+        type=int,
+        help="timed rounds of the reference (default --rounds; 1 when it is slow)",
+    )
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'4000x3000' -> (width, height)."""
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, got {text!r}") from None
+    if width < 1 or height < 1:
+        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
+    return width, height
+
+
+def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.reference_rounds is None:
+        args.reference_rounds = args.rounds
+    if not 1 <= args.reference_rounds <= args.rounds:
+        parser.error("--reference-rounds must be in [1, --rounds]")
+    if not args.images and args.synthetic_size is None:
+        parser.error("give --images and/or --synthetic-size")
+
+
+def generator_settings(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        name: getattr(args, name) for name in SETTING_FLAGS if getattr(args, name, None) is not None
+    }
+
+
+@dataclass
+class Mode:
+    name: str  # reference | ours | ours_fast
+    generate: Callable[[np.ndarray], list[dict]]
+    rounds: int
+    # The same generator with 2 points per side: a full warm-up of the reference would cost
+    # as much as the measurement itself.
+    warm_up: Callable[[np.ndarray], list[dict]]
+    calls: list[Call] = field(default_factory=list)
+    per_image: list[dict[str, Any]] = field(default_factory=list)
+
+
+def build_modes(model: torch.nn.Module, args: argparse.Namespace) -> list[Mode]:
+    from amg_lightning import AutomaticMaskGenerator
+
+    if args.model_type == "vit_t":
+        from mobile_sam import SamAutomaticMaskGenerator
+    else:
+        from segment_anything import SamAutomaticMaskGenerator
+
+    settings = {**generator_settings(args), "output_mode": "coco_rle"}
+    light = {**settings, "points_per_side": 2}
+    modes = [
+        Mode(
+            "reference",
+            SamAutomaticMaskGenerator(model, **settings).generate,
+            args.reference_rounds,
+            SamAutomaticMaskGenerator(model, **light).generate,
+        ),
+        Mode(
+            "ours",
+            AutomaticMaskGenerator(model, **settings).generate,
+            args.rounds,
+            AutomaticMaskGenerator(model, **light).generate,
+        ),
+    ]
+    if args.fast:
+        fast = AutomaticMaskGenerator(model, fast=True, **settings)
+        fast_light = AutomaticMaskGenerator(model, fast=True, **light)
+        modes.append(Mode("ours_fast", fast.generate, args.rounds, fast_light.generate))
+    return modes
+
+
+def compare(reference: list[dict], ours: list[dict]) -> dict[str, Any]:
+    """Parity of one image's records with the reference's, as plain values."""
+    exact = parity.exact_parity(reference, ours)
+    close = parity.fast_parity(reference, ours)
+    return {
+        "n_reference": exact.n_reference,
+        "n_ours": exact.n_ours,
+        "n_twinned": exact.n_twinned,
+        "exact_parity": exact.ok,
+        "mean_iou": close.mean_iou,
+        "count_mismatch": close.count_mismatch,
+        "fast_parity": close.ok,
+        "max_delta_predicted_iou": exact.max_delta_predicted_iou,
+        "max_delta_stability_score": exact.max_delta_stability_score,
+    }
+
+
+def summarise_parity(per_image: list[dict[str, Any]]) -> dict[str, Any]:
+    def values(key: str) -> list[float]:
+        return [p[key] for p in per_image]
+
+    return {
+        "exact_parity": all(values("exact_parity")),
+        "mean_iou": statistics.fmean(values("mean_iou")),
+        "min_image_mean_iou": min(values("mean_iou")),
+        "count_mismatch": statistics.fmean(values("count_mismatch")),
+        "max_count_mismatch": max(values("count_mismatch")),
+        "max_delta_predicted_iou": max(values("max_delta_predicted_iou")),
+        "max_delta_stability_score": max(values("max_delta_stability_score")),
+    }
+
+
+def run_rounds(images: list[Image], modes: list[Mode], args: argparse.Namespace) -> None:
+    cuda = args.device == "cuda"
+    for mode in modes:  # untimed warm-up of each: lazy initialisation, allocator
+        mode.warm_up(images[0].pixels)
+    reference = modes[0]
+    for round_index in range(args.rounds):
+        for image in images:
+            ref_records = None
+            for mode in modes:
+                if round_index >= mode.rounds:
+                    continue
+                records, call = measure(lambda m=mode, i=image: m.generate(i.pixels), cuda)
+                call.image = image.name
+                mode.calls.append(call)
+                if round_index > 0:
+                    del records
+                elif mode is reference:
+                    ref_records = records
+                    mode.per_image.append({"image": image.name, "n_masks": len(records)})
+                    print(
+                        f"  {image.name}: reference {call.seconds:.3f} s, {len(records)} masks",
+                        flush=True,
+                    )
+                else:
+                    found = compare(ref_records, records)
+                    del records
+                    mode.per_image.append({"image": image.name, **found})
+                    print(
+                        f"  {image.name}: {mode.name} {call.seconds:.3f} s, "
+                        f"{found['n_ours']} masks (reference {found['n_reference']}), "
+                        f"exact {found['exact_parity']}, mean IoU {found['mean_iou']:.4f}",
+                        flush=True,
+                    )
+            del ref_records
+        print(f"round {round_index + 1}/{args.rounds} done", flush=True)
+
+
+def mode_row(mode: Mode, reference: Mode, common: dict[str, Any]) -> dict[str, Any]:
+    seconds = [c.seconds for c in mode.calls]
+    per_image = statistics.fmean(seconds)
+    ref_per_image = statistics.fmean(c.seconds for c in reference.calls)
+    kernel = [c.kernel_peak for c in mode.calls if c.kernel_peak is not None]
+    cuda = [c.cuda_allocated for c in mode.calls if c.cuda_allocated is not None]
+    found = dict.fromkeys(PARITY_FIELDS) if mode is reference else summarise_parity(mode.per_image)
+    n_masks = [p.get("n_masks", p.get("n_ours")) for p in mode.per_image]
+    return {
+        **common,
+        "mode": mode.name,
+        "precision": "bf16-upscaler" if mode.name == "ours_fast" else "fp32",
+        "rounds": mode.rounds,
+        "calls": len(seconds),
+        "seconds_per_image": per_image,
+        "seconds_per_image_std": statistics.stdev(seconds) if len(seconds) > 1 else 0.0,
+        "seconds_min": min(seconds),
+        "seconds_max": max(seconds),
+        "seconds_per_call": [{"image": c.image, "seconds": c.seconds} for c in mode.calls],
+        "images_per_second": 1.0 / per_image if per_image > 0 else None,
+        "speedup_vs_reference": ref_per_image / per_image if per_image > 0 else None,
+        "masks_per_image": statistics.fmean(n_masks) if n_masks else None,
+        **found,
+        "peak_rss_mb": mb(max(c.rss_peak for c in mode.calls)),
+        "peak_rss_delta_mb": mb(max(c.rss_peak - c.rss_start for c in mode.calls)),
+        "peak_kernel_rss_mb": mb(max(kernel)) if kernel else None,
+        "cuda_max_allocated_mb": mb(max(cuda)) if cuda else None,
+        "per_image": mode.per_image,
+    }
+
+
+def run(args: argparse.Namespace, common: dict[str, Any]) -> list[dict[str, Any]]:
+    from amg_lightning import build_sam
+
+    images = load_images(args.images, args.max_images, args.resize_long_side, args.synthetic_size)
+    model = build_sam(args.model_type, args.checkpoint).to(args.device)
+    modes = build_modes(model, args)
+    hw = common["hardware"]
+    print(
+        f"{args.model_type} on {args.device} ({hardware_label(hw)}), torch {hw['torch']}; "
+        f"{image_set_label(images)}; settings {generator_settings(args) or 'defaults'}",
+        flush=True,
+    )
+    run_rounds(images, modes, args)
+    common = {
+        **common,
+        "kind": "generate",
+        "image_set": image_set_label(images),
+        "images": [
+            {"name": i.name, "height": i.pixels.shape[0], "width": i.pixels.shape[1]}
+            for i in images
+        ],
+        "n_images": len(images),
+        "process_max_rss_mb": mb(process_max_rss()),
+    }
+    return [mode_row(mode, modes[0], common) for mode in modes]
