@@ -4,19 +4,22 @@
     amg-bench generate --model-type vit_h --synthetic-size 4000x3000 --rounds 3 \\
         --reference-rounds 1 --json bench.jsonl --markdown bench.md
     amg-bench pipeline 'shards/images-{000000..000003}.tar' --checkpoint mobile_sam.pt
+    amg-bench tiling --checkpoint mobile_sam.pt --points-per-side 8   (tiled against untiled)
+    amg-bench tiling-figure docs/images/tiling.png
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from amg_lightning.bench import generate, pipeline
+from amg_lightning.bench import generate, pipeline, tiling, tiling_figure
 from amg_lightning.bench.machine import git_commit, hardware
 from amg_lightning.bench.report import print_table, write_outputs
 from amg_lightning.core.models import MODEL_TYPES
@@ -95,7 +98,15 @@ def common_fields(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+# Commands with arguments of their own, outside the reference comparison's common ones.
+OWN_COMMANDS = {"tiling": tiling.main, "tiling-figure": tiling_figure.main}
+
+
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in OWN_COMMANDS:
+        OWN_COMMANDS[argv[0]](argv[1:])
+        return []
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -1,6 +1,6 @@
 """Draws docs/images/tiling.png: tiles, their overlaps and cores, and objects merged across them.
 
-    python scripts/tiling_figure.py docs/images/tiling.png
+    amg-bench tiling-figure docs/images/tiling.png
 
 Each tile "sees" the part of every object inside it, grown or shrunk by a few pixels as a
 real model's masks differ from tile to tile; `merge_tiles` (the generator's own merge) then
@@ -157,11 +157,8 @@ def draw(path: str) -> None:
     print(f"{path}: {len(merged)} merged masks from {sum(len(r) for _, r in pieces)} pieces")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """`amg-bench tiling-figure`."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("output", nargs="?", default="docs/images/tiling.png")
-    draw(parser.parse_args().output)
-
-
-if __name__ == "__main__":
-    main()
+    draw(parser.parse_args(argv).output)

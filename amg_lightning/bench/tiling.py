@@ -1,6 +1,6 @@
 """Tiled against untiled generation on a huge synthetic scene with exact masks.
 
-    python scripts/tiling_benchmark.py --checkpoint mobile_sam.pt --points-per-side 8
+    amg-bench tiling --checkpoint mobile_sam.pt --points-per-side 8
 
 The scene holds several hundred small shapes (20-80 pixels across) and some large ones
 (300-1500 pixels) centred on the seams between tiles, none overlapping another. Both runs use
@@ -169,8 +169,8 @@ def recall(
 def _run(arguments: dict[str, Any], image: np.ndarray, queue: multiprocessing.Queue) -> None:
     """One generation in a fresh process: records, seconds and peak RSS (MiB)."""
     import torch
-    from amg_lightning.allocator import keep_freed_memory
 
+    from amg_lightning.allocator import keep_freed_memory
     from amg_lightning.core.generator import AutomaticMaskGenerator
     from amg_lightning.core.models import build_sam
 
@@ -217,7 +217,8 @@ def run_in_child(arguments: dict[str, Any], image: np.ndarray) -> tuple[list, fl
     return result
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """`amg-bench tiling`."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", help="weights of --model-type (none for tiny)")
     parser.add_argument("--model-type", default="vit_t")
@@ -234,7 +235,7 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", help="append the result as one json line to this file")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     scene = make_scene(
         args.height, args.width, args.small, args.large, args.tile_size, args.tile_overlap
     )
@@ -278,7 +279,3 @@ def main() -> None:
         with open(args.output, "a") as handle:
             handle.write(json.dumps(result) + "\n")
     print(json.dumps(result, indent=2))
-
-
-if __name__ == "__main__":
-    main()
