@@ -1,4 +1,4 @@
-"""Photos for the tests."""
+"""Photos for the tests: AMG_TEST_IMAGES's files, or the photos that ship with scikit-image."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
+SKIMAGE_PREFIX = "skimage:"
 
 
 def read_rgb(path: Path, max_side: int | None = None) -> np.ndarray:
@@ -16,3 +18,22 @@ def read_rgb(path: Path, max_side: int | None = None) -> np.ndarray:
         size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
         image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
     return image
+
+
+def read_photo(photo: str, images: Path | None, max_side: int | None = None) -> np.ndarray:
+    """The photo "skimage:NAME" (bundled with scikit-image, the demo extra) or "FILE" in `images`.
+
+    Raises FileNotFoundError when FILE is asked for without a folder that holds it.
+    """
+    if photo.startswith(SKIMAGE_PREFIX):
+        from skimage import data
+
+        image = np.ascontiguousarray(getattr(data, photo[len(SKIMAGE_PREFIX) :])())
+        if max_side and max(image.shape[:2]) > max_side:
+            scale = max_side / max(image.shape[:2])
+            size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
+            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        return image
+    if images is None or not (images / photo).is_file():
+        raise FileNotFoundError(f"{photo} is not in AMG_TEST_IMAGES ({images})")
+    return read_rgb(images / photo, max_side)
