@@ -1,10 +1,12 @@
 """Each step of the generator with many masks: what it removes and what it keeps.
 
-The random tiny SAM gives masks that cover the whole image (NMS at the default threshold
+The random tiny SAM gives masks spread over the whole image (NMS at the default threshold
 leaves one), so the steps are driven here two ways: a "sharp" tiny model (its mask logits
 scaled up, so stability scores spread from 0.5 to 0.95 and masks differ per point) with NMS
-thresholds opened so hundreds of records reach the end, compared with the reference record by
-record; and crafted masks fed to one step at a time, with the expected survivors by hand.
+thresholds opened so 108 records reach the end, compared with the reference record by record;
+and crafted masks and logits fed to one step at a time, with the survivors worked out by hand.
+A crop layer's masks from the tiny model all reach an inner crop edge and are dropped there,
+so the crop step (edge filter, coordinate offsets) and cross-crop NMS use crafted inputs.
 """
 
 from __future__ import annotations
