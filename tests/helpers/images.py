@@ -10,14 +10,18 @@ import numpy as np
 SKIMAGE_PREFIX = "skimage:"
 
 
+def shrink(image: np.ndarray, max_side: int | None) -> np.ndarray:
+    """`image` shrunk so its longer side is at most `max_side` (unchanged if None)."""
+    if not max_side or max(image.shape[:2]) <= max_side:
+        return image
+    scale = max_side / max(image.shape[:2])
+    size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
 def read_rgb(path: Path, max_side: int | None = None) -> np.ndarray:
     """An RGB uint8 photo, optionally shrunk so its longer side is at most `max_side`."""
-    image = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
-    if max_side and max(image.shape[:2]) > max_side:
-        scale = max_side / max(image.shape[:2])
-        size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
-        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-    return image
+    return shrink(cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB), max_side)
 
 
 def read_photo(photo: str, images: Path | None, max_side: int | None = None) -> np.ndarray:
@@ -28,12 +32,8 @@ def read_photo(photo: str, images: Path | None, max_side: int | None = None) -> 
     if photo.startswith(SKIMAGE_PREFIX):
         from skimage import data
 
-        image = np.ascontiguousarray(getattr(data, photo[len(SKIMAGE_PREFIX) :])())
-        if max_side and max(image.shape[:2]) > max_side:
-            scale = max_side / max(image.shape[:2])
-            size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
-            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-        return image
+        image = getattr(data, photo[len(SKIMAGE_PREFIX) :])()
+        return shrink(np.ascontiguousarray(image), max_side)
     if images is None or not (images / photo).is_file():
         raise FileNotFoundError(f"{photo} is not in AMG_TEST_IMAGES ({images})")
     return read_rgb(images / photo, max_side)
