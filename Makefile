@@ -2,6 +2,7 @@
 #   make test [PYTEST_ARGS="-k decoder"]   the test suite
 #   make lint                              ruff check and format check
 #   make demo                              masks and pictures for a few sample photos
+#   make mutants                           break the code on purpose, see which test catches it
 
 PYTHON ?= python3
 VENV := .venv
@@ -12,7 +13,7 @@ INSTALLED := $(VENV)/.installed
 PYTEST_ARGS ?=
 DEMO_IMAGES ?= 4
 
-.PHONY: install test lint demo
+.PHONY: install test lint demo mutants
 
 install: $(INSTALLED)
 
@@ -27,6 +28,10 @@ $(INSTALLED): pyproject.toml | $(VENV_PYTHON)
 
 test: $(INSTALLED)
 	$(VENV_PYTHON) -m pytest -q $(PYTEST_ARGS)
+
+# Slow (minutes per breakage), so not part of CI; docs/testing.md has the last table.
+mutants: $(INSTALLED)
+	$(VENV_PYTHON) scripts/mutants.py
 
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check .

@@ -1,7 +1,10 @@
 """Shared fixtures: a tiny random SAM for fast tests, and the real checkpoint and photos.
 
-The real files come from environment variables that `.ci/run` sets from `../shared`:
-AMG_TEST_CHECKPOINT (MobileSAM's mobile_sam.pt) and AMG_TEST_IMAGES (a folder of photos).
+The checkpoint is found as predict.py finds it: AMG_TEST_CHECKPOINT, else the official
+MobileSAM file in the cache (AMG_CACHE_DIR, else ~/.cache/amg_lightning), fetched if missing.
+Photos: AMG_TEST_IMAGES (a folder), else the real photos that ship with scikit-image.
+A variable that names a missing file is an error, not a skip. With AMG_TEST_STRICT=1 (as
+.ci/run sets it) any skip other than a GPU test's fails the run.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from amg_lightning.core.models import build_sam
+from amg_lightning.core.models import CheckpointError, build_sam
+from amg_lightning.run.checkpoints import resolve_checkpoint
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -27,17 +31,26 @@ def tiny_sam() -> torch.nn.Module:
 
 @pytest.fixture(scope="session")
 def checkpoint_path() -> Path:
+    """MobileSAM's mobile_sam.pt: AMG_TEST_CHECKPOINT, else the cache, else downloaded."""
     value = os.environ.get("AMG_TEST_CHECKPOINT")
-    if not value or not Path(value).is_file():
-        pytest.skip("AMG_TEST_CHECKPOINT is not set to MobileSAM's mobile_sam.pt (see .ci/run)")
-    return Path(value)
+    if value:
+        if not Path(value).is_file():
+            pytest.fail(f"AMG_TEST_CHECKPOINT={value} is not a file", pytrace=False)
+        return Path(value)
+    try:
+        return resolve_checkpoint("vit_t")
+    except CheckpointError as err:
+        pytest.fail(f"no MobileSAM checkpoint: {err}", pytrace=False)
 
 
 @pytest.fixture(scope="session")
-def images_dir() -> Path:
+def images_dir() -> Path | None:
+    """AMG_TEST_IMAGES, or None when it is unset (tests then use scikit-image's photos)."""
     value = os.environ.get("AMG_TEST_IMAGES")
-    if not value or not Path(value).is_dir():
-        pytest.skip("AMG_TEST_IMAGES is not set to a folder of photographs (see .ci/run)")
+    if not value:
+        return None
+    if not Path(value).is_dir():
+        pytest.fail(f"AMG_TEST_IMAGES={value} is not a folder", pytrace=False)
     return Path(value)
 
 
@@ -52,3 +65,17 @@ def random_image() -> np.ndarray:
     rng = np.random.default_rng(0)
     small = rng.integers(0, 255, size=(6, 8, 3), dtype=np.uint8)
     return cv2.resize(small, (200, 150), interpolation=cv2.INTER_CUBIC)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """Under AMG_TEST_STRICT=1 a skip fails, except a GPU test's on a machine without CUDA."""
+    outcome = yield
+    report = outcome.get_result()
+    if (
+        report.skipped
+        and os.environ.get("AMG_TEST_STRICT") == "1"
+        and item.get_closest_marker("gpu") is None
+    ):
+        report.outcome = "failed"
+        report.longrepr = f"skipped under AMG_TEST_STRICT=1: {report.longrepr}"

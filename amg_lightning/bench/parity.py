@@ -2,8 +2,9 @@
 
 Records are `generate` outputs with `output_mode="coco_rle"`.
 
-* **Exact modes** (`exact_parity`): every reference record has a twin among ours with the same
-  RLE, bbox, area, crop_box and point_coords, and no record of ours is left over. The scores
+* **Exact modes** (`exact_parity`, `exact_differences`): every reference record has its twin at
+  the same index among ours, with the same RLE, bbox, area and crop_box, point_coords within
+  float64 rounding, and no record of ours is left over. The scores
   come out of float32 matrix products summed in another order than the reference's, so
   `predicted_iou` and `stability_score` may differ by float rounding: at most
   `SCORE_TOLERANCE` (1e-6, a few float32 ulps at scores near 1).
@@ -25,21 +26,103 @@ FAST_MIN_MEAN_IOU = 0.99
 FAST_MAX_COUNT_MISMATCH = 0.02
 
 
-def _counts(segmentation: dict[str, Any]) -> Any:
-    counts = segmentation["counts"]
-    return counts.decode("ascii") if isinstance(counts, bytes) else counts
-
-
 def _twin_key(record: dict[str, Any]) -> tuple:
     """What must be identical between a reference record and its twin."""
     return (
-        _counts(record["segmentation"]),
+        _size_and_counts(record["segmentation"])[1],
         tuple(record["segmentation"]["size"]),
         tuple(record["bbox"]),
         record["area"],
         tuple(record["crop_box"]),
         tuple(tuple(p) for p in record["point_coords"]),
     )
+
+
+# Exact fields: the mask itself and the integer boxes and areas derived from it.
+EXACT_FIELDS = ("area", "bbox", "crop_box")
+SCORE_FIELDS = ("predicted_iou", "stability_score")
+# Point coordinates are float64 grid positions times the crop size plus its origin; the two
+# implementations compute them in the same order, so only float64 rounding may differ.
+POINT_TOL = 1e-9
+
+
+def _size_and_counts(segmentation: dict[str, Any]) -> tuple[list[int], str]:
+    counts = segmentation["counts"]
+    return list(segmentation["size"]), counts.decode() if isinstance(counts, bytes) else counts
+
+
+def _plain(value: Any) -> Any:
+    """Tuples and lists compare alike (a JSON file holds lists)."""
+    return list(value) if isinstance(value, tuple | list) else value
+
+
+def _pixels_apart(ours: dict[str, Any], reference: dict[str, Any]) -> int:
+    """How many pixels two COCO RLE masks of the same size differ in."""
+    a, b = (
+        coco_mask.decode({**m, "counts": _size_and_counts(m)[1].encode()})
+        for m in (ours, reference)
+    )
+    return int((a != b).sum())
+
+
+def record_differences(
+    ours: dict[str, Any],
+    reference: dict[str, Any],
+    score_tol: float = SCORE_TOLERANCE,
+    pixel_tol: int = 0,
+) -> list[str]:
+    """What differs between two COCO-RLE records (empty when they agree)."""
+    problems = []
+    if set(ours) != set(reference):
+        problems.append(f"fields {sorted(ours)} != {sorted(reference)}")
+    exact_fields = EXACT_FIELDS
+    if _size_and_counts(ours["segmentation"]) != _size_and_counts(reference["segmentation"]):
+        apart = _pixels_apart(ours["segmentation"], reference["segmentation"])
+        if apart > pixel_tol:
+            problems.append(f"segmentation differs in {apart} pixels")
+        # One flipped pixel may move a box edge anywhere; the area moves by at most `apart`.
+        exact_fields = ("crop_box",)
+        if abs(ours["area"] - reference["area"]) > pixel_tol:
+            problems.append(f"area {ours['area']} != {reference['area']}")
+    for name in exact_fields:
+        if _plain(ours[name]) != _plain(reference[name]):
+            problems.append(f"{name} {ours[name]} != {reference[name]}")
+    for name in SCORE_FIELDS:
+        if abs(ours[name] - reference[name]) > score_tol:
+            problems.append(f"{name} {ours[name]} != {reference[name]} (tolerance {score_tol})")
+    (ox, oy), (rx, ry) = ours["point_coords"][0], reference["point_coords"][0]
+    if len(ours["point_coords"]) != 1 or abs(ox - rx) > POINT_TOL or abs(oy - ry) > POINT_TOL:
+        problems.append(f"point_coords {ours['point_coords']} != {reference['point_coords']}")
+    return problems
+
+
+def exact_differences(
+    ours: list[dict[str, Any]],
+    reference: list[dict[str, Any]],
+    score_tol: float = SCORE_TOLERANCE,
+    pixel_tol: int = 0,
+) -> list[str]:
+    """Every way `ours` differs from the reference, record by record in order (empty: parity).
+
+    `pixel_tol` > 0 lets masks differ in that many pixels (random-weight models put logits
+    within float rounding of the threshold); their bbox is then not compared.
+    """
+    problems = []
+    if len(ours) != len(reference):
+        problems.append(f"{len(ours)} records, the reference has {len(reference)}")
+    for index, (mine, theirs) in enumerate(zip(ours, reference, strict=False)):
+        differences = record_differences(mine, theirs, score_tol, pixel_tol)
+        if differences:
+            problems.append(f"record {index}: {'; '.join(differences)}")
+    reference_masks = {_size_and_counts(r["segmentation"])[1] for r in reference}
+    missing = [
+        i
+        for i, r in enumerate(ours)
+        if _size_and_counts(r["segmentation"])[1] not in reference_masks
+    ]
+    if problems and missing:
+        problems.append(f"our records {missing[:20]} have masks the reference does not have")
+    return problems
 
 
 @dataclass
@@ -51,14 +134,11 @@ class ExactParity:
     n_twinned: int  # reference records with an identical twin of ours
     max_delta_predicted_iou: float  # over twins (0 when there are none)
     max_delta_stability_score: float
+    differences: list[str]  # exact_differences: empty when every record has its twin in place
 
     @property
     def ok(self) -> bool:
-        return (
-            self.n_twinned == self.n_reference == self.n_ours
-            and self.max_delta_predicted_iou <= SCORE_TOLERANCE
-            and self.max_delta_stability_score <= SCORE_TOLERANCE
-        )
+        return not self.differences
 
 
 def exact_parity(reference: list[dict[str, Any]], ours: list[dict[str, Any]]) -> ExactParity:
@@ -79,7 +159,14 @@ def exact_parity(reference: list[dict[str, Any]], ours: list[dict[str, Any]]) ->
         delta_stability = max(
             delta_stability, abs(twin["stability_score"] - record["stability_score"])
         )
-    return ExactParity(len(reference), len(ours), twinned, delta_iou, delta_stability)
+    return ExactParity(
+        len(reference),
+        len(ours),
+        twinned,
+        delta_iou,
+        delta_stability,
+        exact_differences(ours, reference),
+    )
 
 
 @dataclass

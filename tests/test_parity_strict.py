@@ -1,0 +1,64 @@
+"""Strict parity at the defaults (32 points per side, full resolution) against stored records.
+
+The reference generator's records for these photos were written once by
+`python -m tests.helpers.golden` (minutes per photo on a small CPU); here only our generator
+runs and every record must have its twin at the same index (tests/helpers/parity.py).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from amg_lightning import AutomaticMaskGenerator
+from amg_lightning.run.checkpoints import file_sha256
+from tests.helpers.golden import CASES, golden_path, image_sha256, read_golden
+from tests.helpers.images import SKIMAGE_PREFIX, read_photo
+from tests.helpers.parity import assert_same_records
+
+GOLDEN = [
+    (name, small_regions)
+    for name, case in CASES.items()
+    for small_regions in ([False, True] if case.small_regions_area else [False])
+]
+# Photos outside scikit-image are only in AMG_TEST_IMAGES: their cases exist where it is set.
+RUNNABLE = [
+    (name, small_regions)
+    for name, small_regions in GOLDEN
+    if CASES[name].photo.startswith(SKIMAGE_PREFIX) or os.environ.get("AMG_TEST_IMAGES")
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("name", "small_regions"),
+    RUNNABLE,
+    ids=[f"{n}{'-small_regions' if s else ''}" for n, s in RUNNABLE],
+)
+def test_same_records_as_stored_reference(
+    name: str, small_regions: bool, mobile_sam, checkpoint_path: Path, images_dir: Path | None
+):
+    golden = read_golden(golden_path(name, small_regions))
+    photo = golden["photo"]
+    image = read_photo(photo, images_dir)
+    if image_sha256(image) != golden["image_sha256"]:
+        pytest.fail(
+            f"{photo} is not the photo the stored records were made from "
+            f"(pixels sha256 {image_sha256(image)}, expected {golden['image_sha256']})"
+        )
+    assert file_sha256(checkpoint_path) == golden["checkpoint_sha256"]
+    ours = AutomaticMaskGenerator(mobile_sam, **golden["settings"]).generate(image)
+    assert len(golden["records"]) >= 10
+    assert_same_records(ours, golden["records"])
+
+
+def test_golden_cases_cover_each_setting():
+    """Crop layers 0 and 1 and small-region removal, each at 32 points per side, full size."""
+    documents = [read_golden(golden_path(n, s)) for n, s in GOLDEN]
+    settings = [d["settings"] for d in documents]
+    assert {s.get("crop_n_layers", 0) for s in settings} == {0, 1}
+    assert any(s["min_mask_region_area"] > 0 for s in settings)
+    assert all("points_per_side" not in s and "max_side" not in s for s in settings)
+    assert any(d["photo"].startswith(SKIMAGE_PREFIX) for d in documents)
