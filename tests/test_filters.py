@@ -19,7 +19,7 @@ from segment_anything.utils import amg as ref
 
 from amg_lightning import AutomaticMaskGenerator
 from amg_lightning.core import rle
-from amg_lightning.core.generator import MaskSet
+from amg_lightning.core.masks import CropFrame, MaskData
 from amg_lightning.core.models import build_sam
 from tests.helpers.parity import assert_same_records
 
@@ -118,18 +118,22 @@ def test_small_regions_change_masks_but_keep_their_points(sharp_sam, random_imag
 IMAGE_SIZE = (120, 160)  # height, width
 
 
-def mask_set(masks: list[np.ndarray], crop_boxes: list[list[int]], iou: list[float]) -> MaskSet:
-    """A merged MaskSet of full-image boolean masks, as the per-crop steps leave it."""
+def mask_set(masks: list[np.ndarray], crop_boxes: list[list[int]], iou: list[float]) -> MaskData:
+    """MaskData of full-image boolean masks, as the per-crop steps leave it."""
     encoded = [rle.encode_mask(m) for m in masks]
     n = len(masks)
-    return MaskSet(
+    return MaskData(
         rles=[e.counts[0] for e in encoded],
-        boxes=[torch.from_numpy(np.stack([e.boxes[0] for e in encoded]))],
-        iou_preds=[torch.tensor(iou)],
-        stability=[torch.linspace(0.9, 0.99, n)],
-        points=[torch.arange(2 * n, dtype=torch.float64).reshape(n, 2)],
-        crop_boxes=[torch.tensor(crop_boxes)],
+        boxes=torch.from_numpy(np.stack([e.boxes[0] for e in encoded])),
+        iou_preds=torch.tensor(iou),
+        stability=torch.linspace(0.9, 0.99, n),
+        points=torch.arange(2 * n, dtype=torch.float64).reshape(n, 2),
+        crop_boxes=torch.tensor(crop_boxes),
     )
+
+
+def frame(generator: AutomaticMaskGenerator, crop_box: list[int]) -> CropFrame:
+    return generator._frame(crop_box, IMAGE_SIZE)
 
 
 def rectangle(x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
@@ -151,7 +155,7 @@ def test_cross_crop_nms_prefers_the_smaller_crop(tiny_sam):
     generator = AutomaticMaskGenerator(tiny_sam, crop_n_layers=1, output_mode="coco_rle")
     records = generator._finish(mask_set(masks, crops, [0.99, 0.5, 0.9, 0.8, 0.7]), IMAGE_SIZE)
     kept = [r["point_coords"][0] for r in records]
-    points = mask_set(masks, crops, [0] * 5).column("points").tolist()
+    points = mask_set(masks, crops, [0] * 5).points.tolist()
     assert points[0] not in kept and points[1] in kept
     assert points[2] in kept
     assert (points[3] in kept) != (points[4] in kept)  # of 3 and 4, exactly one stays
@@ -200,11 +204,11 @@ def test_small_region_step_matches_the_reference(tiny_sam):
     ours = generator._finish(data, IMAGE_SIZE)
     reference = ref.MaskData(
         rles=[ref.mask_to_rle_pytorch(torch.from_numpy(m)[None])[0] for m in masks],
-        boxes=data.column("boxes").float(),
-        iou_preds=data.column("iou_preds"),
-        points=data.column("points"),
-        stability_score=data.column("stability"),
-        crop_boxes=data.column("crop_boxes").float(),
+        boxes=data.boxes.float(),
+        iou_preds=data.iou_preds,
+        points=data.points,
+        stability_score=data.stability,
+        crop_boxes=data.crop_boxes.float(),
     )
     reference = SamAutomaticMaskGenerator.postprocess_small_regions(reference, 20, 0.7)
     assert [r["point_coords"][0] for r in ours] == reference["points"].tolist()
@@ -223,12 +227,10 @@ def test_crop_step_offsets_points_and_drops_masks_cut_by_the_crop(tiny_sam):
     logits[3, 30:50, 0:10] = 10  # 3: touches the crop's left edge: dropped
     points = torch.tensor([[45.0, 40.0], [45.0, 15.0], [85.0, 65.0], [5.0, 40.0]])
     generator = AutomaticMaskGenerator(tiny_sam, output_mode="coco_rle")
-    out = MaskSet()
-    generator._filter_full_res(logits, torch.ones(4), points, crop_box, IMAGE_SIZE, out)
-    out = out.merged()
-    assert out.column("points").tolist() == [[105.0, 80.0], [145.0, 105.0]]
-    assert out.column("boxes").tolist() == [[90, 70, 119, 89], [130, 90, 159, 119]]
-    assert out.column("crop_boxes").tolist() == [crop_box, crop_box]
+    out = generator._filter_full_res(logits, torch.ones(4), points, frame(generator, crop_box))
+    assert out.points.tolist() == [[105.0, 80.0], [145.0, 105.0]]
+    assert out.boxes.tolist() == [[90, 70, 119, 89], [130, 90, 159, 119]]
+    assert out.crop_boxes.tolist() == [crop_box, crop_box]
     expected = np.zeros(IMAGE_SIZE, dtype=bool)
     expected[70:90, 90:120] = True
     np.testing.assert_array_equal(rle.decode(out.rles[0], IMAGE_SIZE), expected)
@@ -246,11 +248,9 @@ def test_crop_step_stability_threshold(tiny_sam):
     logits[1, 40:80, 40:80] = 0.5  # inside only +-1 of the threshold: unstable, 0.0
     logits[2, 40:80, 80:120] = 0.5  # half stable: 0.5
     generator = AutomaticMaskGenerator(tiny_sam, stability_score_thresh=0.4, output_mode="coco_rle")
-    out = MaskSet()
     points = torch.tensor([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]])
-    generator._filter_full_res(logits, torch.ones(3), points, crop_box, IMAGE_SIZE, out)
-    out = out.merged()
-    assert out.column("points").tolist() == [[1.0, 1.0], [3.0, 3.0]]
-    assert out.column("stability").tolist() == pytest.approx([1.0, 0.5])
+    out = generator._filter_full_res(logits, torch.ones(3), points, frame(generator, crop_box))
+    assert out.points.tolist() == [[1.0, 1.0], [3.0, 3.0]]
+    assert out.stability.tolist() == pytest.approx([1.0, 0.5])
     expected = ref.calculate_stability_score(logits, 0.0, 1.0)
     assert expected.tolist() == pytest.approx([1.0, 0.0, 0.5])
