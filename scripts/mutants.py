@@ -80,7 +80,7 @@ MUTANTS = [
     Mutant(
         "resume trusts a damaged shard: one cut at a member boundary reads as complete",
         "amg_lightning/data/tar_reader.py",
-        "raise DamagedTar(\"it ends without tar's end-of-archive marker (two zero blocks)\")",
+        'raise DamagedTar("it ends without tar\'s end-of-archive marker (two zero blocks)")',
         "return",
         ("tests/test_resume.py", "tests/test_damaged_input.py"),
     ),

@@ -34,10 +34,15 @@ def image_files(paths: list[Path]) -> list[Path]:
 
 
 def read_image(path: Path, long_side: int | None) -> np.ndarray:
+    """An RGB uint8 photo, shrunk so its longer side is at most `long_side` (if given)."""
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if bgr is None:
         raise SystemExit(f"error: cannot read image {path}")
-    image = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return shrink(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), long_side)
+
+
+def shrink(image: np.ndarray, long_side: int | None) -> np.ndarray:
+    """`image` shrunk so its longer side is at most `long_side` (unchanged if None)."""
     if long_side and max(image.shape[:2]) > long_side:
         scale = long_side / max(image.shape[:2])
         size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
