@@ -140,8 +140,11 @@ def test_exact_parity_needs_identical_twins_and_scores_within_tolerance():
     a, b = np.zeros((20, 20), bool), np.zeros((20, 20), bool)
     a[:10], b[10:] = True, True
     reference = [_record(a, 0.9, 0.95), _record(b, 0.8, 0.97)]
-    same_order_changed = [_record(b, 0.8 + SCORE_TOLERANCE / 2, 0.97), _record(a, 0.9, 0.95)]
-    assert exact_parity(reference, same_order_changed).ok
+    within_tolerance = [_record(a, 0.9, 0.95), _record(b, 0.8 + SCORE_TOLERANCE / 2, 0.97)]
+    assert exact_parity(reference, within_tolerance).ok
+    # Every twin found, but not in the reference's order: not parity.
+    swapped = exact_parity(reference, within_tolerance[::-1])
+    assert not swapped.ok and swapped.n_twinned == 2
     moved_point = [_record(a, 0.9, 0.95), _record(b, 0.8, 0.97, point=(1.0, 3.0))]
     assert exact_parity(reference, moved_point).n_twinned == 1
     b_pixel = b.copy()
@@ -151,7 +154,7 @@ def test_exact_parity_needs_identical_twins_and_scores_within_tolerance():
     off_score = exact_parity(reference, [_record(a, 0.9 + 1e-4, 0.95), _record(b, 0.8, 0.97)])
     assert not off_score.ok and off_score.n_twinned == 2
     assert off_score.max_delta_predicted_iou == pytest.approx(1e-4)
-    extra = exact_parity(reference, [*same_order_changed, _record(a | b, 0.5, 0.5)])
+    extra = exact_parity(reference, [*within_tolerance, _record(a | b, 0.5, 0.5)])
     assert not extra.ok and extra.n_twinned == 2
 
 

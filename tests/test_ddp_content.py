@@ -50,12 +50,16 @@ def write_shards(folder: Path, count: int, per_shard: int = 4) -> list[str]:
 
 
 def by_key(output_dir: Path) -> dict[str, list[dict]]:
-    """Annotations per key; a key written twice fails."""
+    """Annotations per key, without their ids (which say where a record was written: see
+    run/ids.py); a key written twice fails."""
     found: dict[str, list[dict]] = {}
     for result in iter_results(output_dir):
         key = result["image"]["key"]
         assert key not in found, f"{key} written twice"
-        found[key] = result["annotations"]
+        found[key] = [
+            {name: value for name, value in annotation.items() if name != "id"}
+            for annotation in result["annotations"]
+        ]
     return found
 
 

@@ -42,6 +42,7 @@ def test_one_failing_image_costs_only_itself(random_image):
     batch = {
         "key": ["a", "bad", "b"],
         "url": ["u", "u", "u"],
+        "file_name": ["a.png", "bad.png", "b.png"],
         "image": [good, bad, good.flip(0)],
         "error": [None, None, None],
     }
