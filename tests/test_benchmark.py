@@ -47,7 +47,7 @@ def test_rows_have_timings_parity_and_memory(tmp_path):
     out_json, out_md = tmp_path / "bench.jsonl", tmp_path / "bench.md"
     argv = ["generate", *TINY_SETTINGS, "--images", str(_test_image(tmp_path))]
     argv += ["--resize-long-side", "256", "--rounds", "1", "--fast"]
-    returned = cli.main([*argv, "--json", str(out_json), "--markdown", str(out_md)])
+    returned = cli.run([*argv, "--json", str(out_json), "--markdown", str(out_md)])
 
     rows = [json.loads(line) for line in out_json.read_text().splitlines()]
     assert rows == json.loads(json.dumps(returned))

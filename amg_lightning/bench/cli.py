@@ -102,8 +102,14 @@ def common_fields(args: argparse.Namespace) -> dict[str, Any]:
 OWN_COMMANDS = {"tiling": tiling.main, "tiling-figure": tiling_figure.main}
 
 
-def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    argv = sys.argv[1:] if argv is None else argv
+def main(argv: list[str] | None = None) -> int:
+    """`amg-bench`: exit status 0 (a console script exits with what this returns)."""
+    run(sys.argv[1:] if argv is None else argv)
+    return 0
+
+
+def run(argv: list[str]) -> list[dict[str, Any]]:
+    """The command's rows (none for the commands with their own output)."""
     if argv and argv[0] in OWN_COMMANDS:
         OWN_COMMANDS[argv[0]](argv[1:])
         return []
