@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from amg_lightning.run.config import ConfigError, check_config, with_flags_parsed
 from tests.helpers.config import compose_config, forget_config, run_in_process
-from tests.helpers.interrupts import write_jpeg_shards
+from tests.helpers.jpeg_shards import write_jpeg_shards
 from tests.helpers.predict import run_predict
 
 TINY = ["model=tiny", "points_per_side=4", "data.num_workers=0"]

@@ -16,7 +16,8 @@ import pytest
 
 from amg_lightning.results.run_folder import shard_paths, unfinished_shard_paths
 from amg_lightning.results.shards import shard_samples
-from tests.helpers.interrupts import PredictProcess, wait_until, write_jpeg_shards, written_keys
+from tests.helpers.interrupts import PredictProcess, wait_until, written_keys
+from tests.helpers.jpeg_shards import write_jpeg_shards
 
 pytestmark = pytest.mark.e2e
 

@@ -20,7 +20,8 @@ from amg_lightning.run.config import ConfigError
 from amg_lightning.run.folder import prepare_output_dir
 from amg_lightning.run.lock import FolderInUse, RunLock
 from tests.helpers.config import forget_config, run_in_process
-from tests.helpers.interrupts import PredictProcess, wait_until, write_jpeg_shards, written_keys
+from tests.helpers.interrupts import PredictProcess, wait_until, written_keys
+from tests.helpers.jpeg_shards import write_jpeg_shards
 from tests.helpers.predict import run_predict
 
 FAST = ["model=tiny", "points_per_side=4", "data.num_workers=0"]

@@ -19,7 +19,7 @@ from amg_lightning.results.run_folder import shard_paths
 from amg_lightning.results.shards import iter_results
 from amg_lightning.run.config import ConfigError
 from tests.helpers.config import forget_config, run_in_process
-from tests.helpers.interrupts import jpeg, write_jpeg_shards
+from tests.helpers.jpeg_shards import blob_jpeg, write_jpeg_shards
 
 FAST = ["model=tiny", "points_per_side=4", "data.num_workers=0", "shard_size=2"]
 
@@ -88,7 +88,7 @@ def test_same_key_in_two_shards_survives_an_interruption(tmp_path: Path) -> None
     for number, (path, keys) in enumerate(contents.items()):
         with wds.TarWriter(str(path)) as shard:
             for i, key in enumerate(keys):
-                shard.write({"__key__": key, "jpg": jpeg(10 * number + i)})
+                shard.write({"__key__": key, "jpg": blob_jpeg(10 * number + i)})
     expected = Counter((str(path), key) for path, keys in contents.items() for key in keys)
     out = tmp_path / "out"
     urls = ",".join(str(path) for path in contents)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import subprocess
 import sys
@@ -11,33 +10,8 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-import webdataset as wds
-from PIL import Image
-
 from amg_lightning.results.shards import iter_results
 from tests.helpers.predict import PREDICT
-
-
-def jpeg(seed: int, size: tuple[int, int] = (48, 40)) -> bytes:
-    """Smooth random colour blobs as JPEG bytes."""
-    rng = np.random.default_rng(seed)
-    blobs = Image.fromarray(rng.integers(0, 255, size=(6, 8, 3), dtype=np.uint8))
-    data = io.BytesIO()
-    blobs.resize(size, Image.BICUBIC).save(data, "JPEG")
-    return data.getvalue()
-
-
-def write_jpeg_shards(folder: Path, sizes: list[int], prefix: str = "img") -> list[str]:
-    """Shards `in-000000.tar`, ... of `sizes` images each; returns every key."""
-    folder.mkdir(parents=True, exist_ok=True)
-    keys: list[str] = []
-    for number, size in enumerate(sizes):
-        with wds.TarWriter(str(folder / f"in-{number:06d}.tar")) as shard:
-            for _ in range(size):
-                keys.append(f"{prefix}{len(keys):04d}")
-                shard.write({"__key__": keys[-1], "jpg": jpeg(len(keys))})
-    return keys
 
 
 class PredictProcess:
