@@ -10,7 +10,7 @@ from segment_anything.utils import amg as ref
 from amg_lightning.core import rle
 from amg_lightning.core.boxes import box_nms, near_crop_edge, xyxy_to_xywh
 from amg_lightning.core.decoder import PointDecoder, upscale_to_crop
-from amg_lightning.core.generator import stability_score
+from amg_lightning.core.full_res import stability_score
 from amg_lightning.core.grids import crop_boxes, layer_point_grids, point_grid
 from amg_lightning.core.image import resize_longest_side, resized_shape
 from amg_lightning.core.regions import remove_small_regions

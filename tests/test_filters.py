@@ -19,6 +19,7 @@ from segment_anything.utils import amg as ref
 
 from amg_lightning import AutomaticMaskGenerator
 from amg_lightning.core import rle
+from amg_lightning.core.full_res import DenseMasks
 from amg_lightning.core.masks import CropFrame, MaskData
 from amg_lightning.core.models import build_sam
 from tests.helpers.parity import assert_same_records
@@ -227,7 +228,9 @@ def test_crop_step_offsets_points_and_drops_masks_cut_by_the_crop(tiny_sam):
     logits[3, 30:50, 0:10] = 10  # 3: touches the crop's left edge: dropped
     points = torch.tensor([[45.0, 40.0], [45.0, 15.0], [85.0, 65.0], [5.0, 40.0]])
     generator = AutomaticMaskGenerator(tiny_sam, output_mode="coco_rle")
-    out = generator._filter_full_res(logits, torch.ones(4), points, frame(generator, crop_box))
+    out = generator._filter_full_res(
+        DenseMasks(logits, 0.0, 1.0), torch.ones(4), points, frame(generator, crop_box)
+    )
     assert out.points.tolist() == [[105.0, 80.0], [145.0, 105.0]]
     assert out.boxes.tolist() == [[90, 70, 119, 89], [130, 90, 159, 119]]
     assert out.crop_boxes.tolist() == [crop_box, crop_box]
@@ -249,7 +252,9 @@ def test_crop_step_stability_threshold(tiny_sam):
     logits[2, 40:80, 80:120] = 0.5  # half stable: 0.5
     generator = AutomaticMaskGenerator(tiny_sam, stability_score_thresh=0.4, output_mode="coco_rle")
     points = torch.tensor([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]])
-    out = generator._filter_full_res(logits, torch.ones(3), points, frame(generator, crop_box))
+    out = generator._filter_full_res(
+        DenseMasks(logits, 0.0, 1.0), torch.ones(3), points, frame(generator, crop_box)
+    )
     assert out.points.tolist() == [[1.0, 1.0], [3.0, 3.0]]
     assert out.stability.tolist() == pytest.approx([1.0, 0.5])
     expected = ref.calculate_stability_score(logits, 0.0, 1.0)

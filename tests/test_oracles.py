@@ -13,7 +13,7 @@ from pycocotools import mask as coco_mask
 
 from amg_lightning.core import rle
 from amg_lightning.core.boxes import box_nms
-from amg_lightning.core.generator import stability_score
+from amg_lightning.core.full_res import stability_score
 from amg_lightning.data.synthetic import SceneSpec, write_dataset
 from amg_lightning.results.visualize import draw_masks, mask_colours
 

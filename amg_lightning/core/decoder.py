@@ -134,6 +134,14 @@ class PointDecoder(nn.Module):
         )
         self.workspace = Workspace()
 
+    # The upscaler's two stride-2 transposed convolutions: an embedding pixel becomes 4 x 4 logits.
+    upscale_factor = 4
+
+    @property
+    def low_res_size(self) -> int:
+        """Side of the square low-resolution logit map."""
+        return self.upscale_factor * self.prompt_encoder.image_embedding_size[0]
+
     @torch.no_grad()
     def prepare(self, image_embedding: Tensor) -> ImageContext:
         """Per-image work: one 1 x C x h x w embedding in, shared projections out."""
@@ -272,8 +280,18 @@ class PointDecoder(nn.Module):
         return DecodedTokens(keys=keys, mask_tokens=queries[:, 1:4, :], iou_preds=iou_preds[:, 1:])
 
     @torch.no_grad()
-    def upscale(self, ctx: ImageContext, tokens: DecodedTokens, prompts: Tensor) -> Tensor:
+    def upscale(
+        self,
+        ctx: ImageContext,
+        tokens: DecodedTokens,
+        prompts: Tensor,
+        extent: tuple[int, int] | None = None,
+    ) -> Tensor:
         """Low-resolution mask logits (P x 3 x 4h x 4w) of the P prompts at indices `prompts`.
+
+        Only the top-left `extent` (h x w) of the embedding grid is upscaled, the default
+        being all of it: every step below works per pixel, so the rest (the encoder input's
+        padding) can be left out without changing a value.
 
         Each of the upscaler's 2 x 2, stride-2 transposed convolutions maps a pixel to its own
         2 x 2 block, so each is one matrix product over channels-last pixels, with the blocks
@@ -282,7 +300,9 @@ class PointDecoder(nn.Module):
         """
         conv1, norm, _, conv2, _ = self.upscaler.output_upscaling
         keys = tokens.keys
-        (h, w), channels = ctx.grid, keys.shape[-1]
+        channels = keys.shape[-1]
+        h, w = extent or ctx.grid
+        grid_keys = keys.view(-1, *ctx.grid, channels)[:, :h, :w]
         c1, c2 = conv1.out_channels, conv2.out_channels
         w1 = conv1.weight.permute(0, 2, 3, 1).reshape(channels, 4 * c1)  # columns (i, j, c1)
         w2 = conv2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)  # columns (k, l, c2)
@@ -296,7 +316,8 @@ class PointDecoder(nn.Module):
         for start in range(0, len(prompts), step):
             index = prompts[start : start + step]
             n = len(index)
-            x = torch.index_select(keys, 0, index, out=ws.get("up_in", (n, h * w, channels), keys))
+            x = ws.get("up_in", (n, h, w, channels), keys)
+            torch.index_select(grid_keys, 0, index, out=x)
             if x.dtype != w1.dtype:
                 x = ws.get("up_in_cast", x.shape, w1).copy_(x)
             y1 = ws.get("up1", (n * h * w, 4 * c1), w1)
@@ -319,20 +340,32 @@ class PointDecoder(nn.Module):
 _UPSCALE_CHUNK_BYTES = 64 * 2**20
 
 
-def upscale_to_crop(
-    low_res: Tensor, encoder_size: int, input_size: tuple[int, int], crop_size: tuple[int, int]
+def upscale_to_input(
+    low_res: Tensor, encoder_size: int, input_size: tuple[int, int], low_size: int | None = None
 ) -> Tensor:
-    """SAM's postprocess_masks: to the padded encoder input, unpad, then to the crop's size.
+    """The first half of SAM's postprocess_masks: to the padded encoder input, then unpad.
 
     Only the part of the padded input that survives the unpadding is computed: the low-res
     logits are cut one pixel beyond what it needs, and upscaled by the same factor, which
-    maps coordinates exactly as the full-size call does.
+    maps coordinates exactly as the full-size call does. `low_res` may hold only that top-left
+    part of the `low_size`-sided map (default: it is the whole map).
     """
-    factor = encoder_size // low_res.shape[-1]
+    factor = encoder_size // (low_size or low_res.shape[-1])
     rows = min(low_res.shape[-2], -(-input_size[0] // factor) + 1)
     cols = min(low_res.shape[-1], -(-input_size[1] // factor) + 1)
     masks = F.interpolate(
         low_res[..., :rows, :cols], scale_factor=factor, mode="bilinear", align_corners=False
     )
-    masks = masks[..., : input_size[0], : input_size[1]]
+    return masks[..., : input_size[0], : input_size[1]]
+
+
+def upscale_to_crop(
+    low_res: Tensor,
+    encoder_size: int,
+    input_size: tuple[int, int],
+    crop_size: tuple[int, int],
+    low_size: int | None = None,
+) -> Tensor:
+    """SAM's postprocess_masks: `upscale_to_input`, then to the crop's size."""
+    masks = upscale_to_input(low_res, encoder_size, input_size, low_size)
     return F.interpolate(masks, crop_size, mode="bilinear", align_corners=False)

@@ -21,6 +21,7 @@ from amg_lightning.core import rle, tiling
 from amg_lightning.core.boxes import box_nms, near_crop_edge, xyxy_to_xywh
 from amg_lightning.core.decoder import ImageContext, PointDecoder, upscale_to_crop
 from amg_lightning.core.embedding_cache import EmbeddingCache
+from amg_lightning.core.full_res import DenseMasks, TiledMasks, crop_resize
 from amg_lightning.core.grids import crop_boxes, layer_point_grids
 from amg_lightning.core.image import check_image, encoder_input, resized_shape
 from amg_lightning.core.masks import CropFrame, MaskData
@@ -175,56 +176,78 @@ class AutomaticMaskGenerator:
         prompts = passed.any(dim=1).nonzero()[:, 0]
         if len(prompts) == 0:
             return MaskData()
-        # Only prompts with a mask that passed are upscaled; the rest would be dropped anyway.
-        low_res = self.decoder.upscale(ctx, tokens, prompts)
+        # Only prompts with a mask that passed are upscaled, and only the crop's part of them.
+        resize = crop_resize(
+            self.decoder.low_res_size, self.encoder_size, frame.input_size, frame.crop_size
+        )
+        extent = tuple(-(-side // self.decoder.upscale_factor) for side in resize.low_res_shape)
+        low_res = self.decoder.upscale(ctx, tokens, prompts, extent)
         prompt_of_mask, mask_of_prompt = passed[prompts].nonzero(as_tuple=True)
         mask_points = torch.as_tensor(points, device=self.device)[prompts[prompt_of_mask]]
         mask_ious = iou_preds[prompts[prompt_of_mask], mask_of_prompt]
+        tiled = resize.pays(self.device)
+        threshold, offset = self.model.mask_threshold, s.stability_score_offset
+        bytes_per_mask = resize.bytes_per_mask if tiled else self._dense_bytes(frame.crop_size)
         parts = []
-        for chunk in self._chunks(len(prompt_of_mask), frame.crop_size):
+        for chunk in self._chunks(len(prompt_of_mask), bytes_per_mask):
             chunk_low_res = low_res[prompt_of_mask[chunk], mask_of_prompt[chunk]].float()
-            logits = upscale_to_crop(
-                chunk_low_res[:, None],
-                self.model.image_encoder.img_size,
-                frame.input_size,
-                frame.crop_size,
-            )[:, 0]
-            parts.append(self._filter_full_res(logits, mask_ious[chunk], mask_points[chunk], frame))
+            if tiled:
+                masks = resize.masks(chunk_low_res, threshold, offset)
+            else:
+                logits = upscale_to_crop(
+                    chunk_low_res[:, None],
+                    self.encoder_size,
+                    frame.input_size,
+                    frame.crop_size,
+                    self.decoder.low_res_size,
+                )
+                masks = DenseMasks(logits[:, 0], threshold, offset)
+            parts.append(self._filter_full_res(masks, mask_ious[chunk], mask_points[chunk], frame))
         return MaskData.cat(parts)
 
-    def _chunks(self, count: int, crop_size: tuple[int, int]) -> Iterator[slice]:
+    @property
+    def encoder_size(self) -> int:
+        return self.model.image_encoder.img_size
+
+    def _dense_bytes(self, crop_size: tuple[int, int]) -> int:
+        """Memory one mask takes on the dense path: its logits at the encoder and crop sizes."""
+        return 4 * (crop_size[0] * crop_size[1] * 3 + self.encoder_size**2)
+
+    def _chunks(self, count: int, bytes_per_mask: int) -> Iterator[slice]:
         """Slices of masks whose full-resolution work fits in a few tens of MiB.
 
         Small enough for glibc to reuse the memory from one slice to the next (it maps larger
         blocks afresh each time), and never more than `upscale_budget_mb`.
         """
-        encoder_size = self.model.image_encoder.img_size
-        bytes_per_mask = 4 * (crop_size[0] * crop_size[1] * 3 + encoder_size**2)
         budget = min(self.settings.upscale_budget_mb * 2**20, _FULL_RES_CHUNK_BYTES)
         step = max(1, budget // bytes_per_mask)
         for start in range(0, count, step):
             yield slice(start, start + step)
 
     def _filter_full_res(
-        self, logits: Tensor, iou_preds: Tensor, points: Tensor, frame: CropFrame
+        self,
+        masks: DenseMasks | TiledMasks,
+        iou_preds: Tensor,
+        points: Tensor,
+        frame: CropFrame,
     ) -> MaskData:
         """Stability filter, binarisation, crop-edge filter and RLE of crop-sized logits."""
         s = self.settings
-        threshold = self.model.mask_threshold
-        stability = stability_score(logits, threshold, s.stability_score_offset)
+        stability = masks.stability()
         keep = (
             stability >= s.stability_score_thresh
             if s.stability_score_thresh > 0
             else torch.ones_like(stability, dtype=torch.bool)
-        )
+        ).nonzero()[:, 0]
         crop_box = list(frame.box)
-        encoded = rle.encode_in_image((logits > threshold)[keep], crop_box, frame.image_size)
+        encoded = masks.encode(keep, crop_box, frame.image_size)
         boxes = torch.from_numpy(encoded.boxes)
+        keep = keep.to(iou_preds.device)
         masks = MaskData(
             rles=encoded.counts,
             boxes=boxes,
             iou_preds=iou_preds[keep].cpu(),
-            stability=stability[keep].cpu(),
+            stability=stability.to(keep.device)[keep].cpu(),
             points=points[keep].cpu() + torch.tensor(crop_box[:2]),
             crop_boxes=torch.tensor([crop_box]).expand(len(boxes), 4),
         )
@@ -286,17 +309,6 @@ def _bfloat16_supported(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-
-
-def stability_score(logits: Tensor, threshold: float, offset: float) -> Tensor:
-    """IoU of the masks binarised at threshold + offset and threshold - offset.
-
-    The first is always inside the second, so the IoU is a ratio of pixel counts. Rows are
-    counted in int16 first: a far faster reduction of booleans than one int64 sum.
-    """
-    inner = (logits > threshold + offset).sum(-1, dtype=torch.int16).sum(-1, dtype=torch.int32)
-    outer = (logits > threshold - offset).sum(-1, dtype=torch.int16).sum(-1, dtype=torch.int32)
-    return inner / outer
 
 
 def _encode_output(counts: np.ndarray, size: tuple[int, int], mode: str) -> Any:

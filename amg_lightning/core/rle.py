@@ -32,11 +32,11 @@ def encode_in_image(masks: Tensor, crop_box: list[int], image_size: tuple[int, i
     """
     height, width = image_size
     x0, y0 = crop_box[0], crop_box[1]
-    padded = F.pad(masks, (0, 0, 1, 1))  # a background row above and below each column
-    changes = (padded[:, 1:] != padded[:, :-1]).nonzero().cpu().numpy()
+    mask_index, row, column = _vertical_changes(masks)
     # Column-major order within each mask, as COCO counts: then each column's changes
     # alternate start, end, so even entries start runs and odd entries end them.
-    mask_index, row, column = changes[np.lexsort((changes[:, 1], changes[:, 2], changes[:, 0]))].T
+    order = np.lexsort((row, column, mask_index))
+    mask_index, row, column = mask_index[order], row[order], column[order]
     boxes = _boxes(len(masks), mask_index[0::2], column[0::2], row[0::2], row[1::2] - 1)
     positions = (x0 + column) * height + y0 + row
     # A run that reaches a column's last image row and goes on at the next column's first
@@ -48,6 +48,21 @@ def encode_in_image(masks: Tensor, crop_box: list[int], image_size: tuple[int, i
     per_mask = np.split(positions, np.cumsum(np.bincount(mask_index, minlength=len(masks)))[:-1])
     counts = [_counts_from_changes(p, height * width) for p in per_mask]
     return Encoded(counts=counts, boxes=boxes + np.array([x0, y0, x0, y0]))
+
+
+def _vertical_changes(masks: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mask, row, column) of every pixel that differs from the one above it, with a background
+    row above and below each mask (row h is the change after the last row)."""
+    padded = F.pad(masks, (0, 0, 1, 1))
+    if masks.device.type != "cpu":
+        return tuple((padded[:, 1:] != padded[:, :-1]).nonzero().cpu().numpy().T)
+    # On the CPU, XOR of bytes and NumPy's flat search are several times faster.
+    as_bytes = padded.view(torch.uint8)
+    changes = np.flatnonzero((as_bytes[:, 1:] ^ as_bytes[:, :-1]).view(torch.bool).numpy())
+    height, width = masks.shape[1] + 1, masks.shape[2]
+    mask_index, position = np.divmod(changes, height * width)
+    row, column = np.divmod(position, width)
+    return mask_index, row, column
 
 
 def _boxes(
