@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.nn import functional as F
@@ -264,18 +265,45 @@ class TiledMasks:
 
     def encode(self, keep: Tensor, crop_box: list[int], image_size: tuple[int, int]) -> rle.Encoded:
         """RLEs and boxes, in the image, of the binary masks at indices `keep`."""
+        changes = self._vertical_changes(keep)
+        return rle.encode_changes(*changes, len(keep), crop_box, image_size)
+
+    def _vertical_changes(self, keep: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """As `rle.encode_in_image` finds them, from tile edges and resized tiles only: inside
+        a decided tile no pixel differs from the one above it."""
         height, width = self.resize.crop_size
-        count, tile_rows, tile_cols = len(keep), *self.inside.shape[1:]
-        # The canvas is laid out tile by tile: decided tiles are filled whole, resized ones
-        # copied in as blocks, and one permuted copy puts it in image order.
-        tiled = self.inside[keep][..., None, None].expand(-1, -1, -1, _TILE, _TILE).clone()
+        count, tile_rows = len(keep), self.inside.shape[1]
         slot = torch.full((len(self.inside),), -1, dtype=torch.long)
         slot[keep] = torch.arange(count)
         kept = slot[self.tiles[:, 0]] >= 0
-        mask, row, col = self.tiles[kept].T
-        tiled[slot[mask], row, col] = self.binary[kept]
-        image = tiled.permute(0, 1, 3, 2, 4).reshape(count, tile_rows * _TILE, tile_cols * _TILE)
-        return rle.encode_in_image(image[:, :height, :width], crop_box, image_size)
+        binary, (mask, i, j) = self.binary[kept], self.tiles[kept].T
+        mask = slot[mask]
+        # The first and last pixel row of every tile row, then the changes between them.
+        first = self.inside[keep][..., None].expand(-1, -1, -1, _TILE).clone()
+        last = first.clone()
+        first[mask, i, j] = binary[:, 0]
+        last_row = torch.where(i == tile_rows - 1, height - 1 - (tile_rows - 1) * _TILE, _TILE - 1)
+        last[mask, i, j] = binary[torch.arange(len(binary)), last_row]
+        background = torch.zeros(count, 1, width, dtype=torch.bool)
+        first = torch.cat([first.flatten(2)[..., :width], background], dim=1)
+        last = torch.cat([background, last.flatten(2)[..., :width]], dim=1)
+        edge_mask, edge, edge_column = _nonzero(first ^ last)  # edge e: row min(e * TILE, h)
+        # Inside resized tiles, below their first row; pixels past the crop change nothing.
+        inner = binary[:, 1:] ^ binary[:, :-1]
+        inner &= self.resize.rows.valid[i, 1:, None] & self.resize.cols.valid[j, None, :]
+        tile, below_first, tile_column = _nonzero(inner)
+        inner_row = i.numpy()[tile] * _TILE + 1 + below_first
+        return (
+            np.concatenate([edge_mask, mask.numpy()[tile]]),
+            np.concatenate([np.minimum(edge * _TILE, height), inner_row]),
+            np.concatenate([edge_column, j.numpy()[tile] * _TILE + tile_column]),
+        )
+
+
+def _nonzero(x: Tensor) -> tuple[np.ndarray, ...]:
+    """Indices of the True entries of a 3-D boolean tensor (NumPy's flat search is fastest)."""
+    flat = np.flatnonzero(x.contiguous().numpy())
+    return np.unravel_index(flat, x.shape)
 
 
 class DenseMasks:

@@ -30,14 +30,29 @@ def encode_in_image(masks: Tensor, crop_box: list[int], image_size: tuple[int, i
     Both come from the masks' vertical changes, found at once on their device, without a
     transposed copy; only the change positions are copied back.
     """
+    return encode_changes(*_vertical_changes(masks), len(masks), crop_box, image_size)
+
+
+def encode_changes(
+    mask_index: np.ndarray,
+    row: np.ndarray,
+    column: np.ndarray,
+    count: int,
+    crop_box: list[int],
+    image_size: tuple[int, int],
+) -> Encoded:
+    """RLEs and boxes in the full image of `count` masks cut out at `crop_box`, from their
+    vertical changes: the (mask, row, column) of every pixel unlike the one above it, with
+    background above the first row and below the last (row h is the change after it)."""
     height, width = image_size
     x0, y0 = crop_box[0], crop_box[1]
-    mask_index, row, column = _vertical_changes(masks)
+    if count == 0:
+        return Encoded(counts=[], boxes=np.zeros((0, 4), dtype=np.int64))
     # Column-major order within each mask, as COCO counts: then each column's changes
     # alternate start, end, so even entries start runs and odd entries end them.
     order = np.lexsort((row, column, mask_index))
     mask_index, row, column = mask_index[order], row[order], column[order]
-    boxes = _boxes(len(masks), mask_index[0::2], column[0::2], row[0::2], row[1::2] - 1)
+    boxes = _boxes(count, mask_index[0::2], column[0::2], row[0::2], row[1::2] - 1)
     positions = (x0 + column) * height + y0 + row
     # A run that reaches a column's last image row and goes on at the next column's first
     # ends and starts at the same position: drop both, it is one run.
@@ -45,7 +60,7 @@ def encode_in_image(masks: Tensor, crop_box: list[int], image_size: tuple[int, i
     keep = np.ones(len(positions), dtype=bool)
     keep[joined] = keep[joined + 1] = False
     mask_index, positions = mask_index[keep], positions[keep]
-    per_mask = np.split(positions, np.cumsum(np.bincount(mask_index, minlength=len(masks)))[:-1])
+    per_mask = np.split(positions, np.cumsum(np.bincount(mask_index, minlength=count))[:-1])
     counts = [_counts_from_changes(p, height * width) for p in per_mask]
     return Encoded(counts=counts, boxes=boxes + np.array([x0, y0, x0, y0]))
 
