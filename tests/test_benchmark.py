@@ -47,7 +47,7 @@ def test_rows_have_timings_parity_and_memory(tmp_path):
     out_json, out_md = tmp_path / "bench.jsonl", tmp_path / "bench.md"
     argv = ["generate", *TINY_SETTINGS, "--images", str(_test_image(tmp_path))]
     argv += ["--resize-long-side", "256", "--rounds", "1", "--fast"]
-    returned = cli.run([*argv, "--json", str(out_json), "--markdown", str(out_md)])
+    returned = cli.run([*argv, "--stages", "--json", str(out_json), "--markdown", str(out_md)])
 
     rows = [json.loads(line) for line in out_json.read_text().splitlines()]
     assert rows == json.loads(json.dumps(returned))
@@ -75,6 +75,11 @@ def test_rows_have_timings_parity_and_memory(tmp_path):
     assert ours["mean_iou"] == 1.0 and ours["count_mismatch"] == 0.0
     assert 0.0 <= fast["mean_iou"] <= 1.0
     assert ours["per_image"][0]["n_reference"] == reference["per_image"][0]["n_masks"]
+    stages = {"image_encoder", "transformer", "upscaler", "full_resolution", "nms_and_records"}
+    assert reference["stage_seconds"] is None
+    for row in (ours, fast):
+        assert set(row["stage_seconds"]) == stages
+        assert all(seconds > 0 for seconds in row["stage_seconds"].values())
 
     markdown = out_md.read_text().splitlines()
     assert markdown[0].startswith("| date |") and len(markdown) == 5  # header, rule, 3 rows

@@ -63,6 +63,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         kind = float if name.endswith("thresh") else int
         settings.add_argument("--" + name.replace("_", "-"), type=kind)
     parser.add_argument(
+        "--stages",
+        action="store_true",
+        help="after the timed rounds, profile one more call of our modes per image and "
+        "report the seconds spent in each stage (the generator's amg.* profiler ranges)",
+    )
+    parser.add_argument(
         "--reference-rounds",
         type=int,
         help="timed rounds of the reference (default --rounds; 1 when it is slow)",
@@ -105,6 +111,7 @@ class Mode:
     warm_up: Callable[[np.ndarray], list[dict]]
     calls: list[Call] = field(default_factory=list)
     per_image: list[dict[str, Any]] = field(default_factory=list)
+    stages: dict[str, float] | None = None  # seconds per image in each amg.* range
 
 
 def build_modes(model: torch.nn.Module, args: argparse.Namespace) -> list[Mode]:
@@ -207,6 +214,21 @@ def run_rounds(images: list[Image], modes: list[Mode], args: argparse.Namespace)
         print(f"round {round_index + 1}/{args.rounds} done", flush=True)
 
 
+def stage_seconds(mode: Mode, images: list[Image]) -> dict[str, float]:
+    """Seconds per image in each of the generator's `amg.*` profiler ranges (one more call
+    per image, under torch.profiler: its own overhead is in the numbers)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        for image in images:
+            mode.generate(image.pixels)
+    return {
+        event.key.removeprefix("amg."): event.cpu_time_total / 1e6 / len(images)
+        for event in profiler.key_averages()
+        if event.key.startswith("amg.")
+    }
+
+
 def mode_row(mode: Mode, reference: Mode, common: dict[str, Any]) -> dict[str, Any]:
     seconds = [c.seconds for c in mode.calls]
     per_image = statistics.fmean(seconds)
@@ -235,6 +257,7 @@ def mode_row(mode: Mode, reference: Mode, common: dict[str, Any]) -> dict[str, A
         "peak_kernel_rss_mb": mb(max(kernel)) if kernel else None,
         "cuda_max_allocated_mb": mb(max(cuda)) if cuda else None,
         "per_image": mode.per_image,
+        "stage_seconds": mode.stages,
     }
 
 
@@ -251,6 +274,11 @@ def run(args: argparse.Namespace, common: dict[str, Any]) -> list[dict[str, Any]
         flush=True,
     )
     run_rounds(images, modes, args)
+    if args.stages:
+        for mode in modes[1:]:
+            mode.stages = stage_seconds(mode, images)
+            split = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in mode.stages.items())
+            print(f"{mode.name} stages per image: {split}", flush=True)
     common = {
         **common,
         "kind": "generate",

@@ -16,12 +16,13 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.profiler import record_function
 
 from amg_lightning.core import rle, tiling
 from amg_lightning.core.boxes import box_nms, near_crop_edge, xyxy_to_xywh
 from amg_lightning.core.decoder import ImageContext, PointDecoder, upscale_to_crop
 from amg_lightning.core.embedding_cache import EmbeddingCache
-from amg_lightning.core.full_res import DenseMasks, TiledMasks, crop_resize
+from amg_lightning.core.full_res import DenseMasks, TiledMasks, TiledResize, crop_resize
 from amg_lightning.core.grids import crop_boxes, layer_point_grids
 from amg_lightning.core.image import check_image, encoder_input, resized_shape
 from amg_lightning.core.masks import CropFrame, MaskData
@@ -105,10 +106,11 @@ class AutomaticMaskGenerator:
                 crops_per_image[i].append(self._crop_masks(embedding, frame, layer))
         finally:
             self.decoder.workspace.clear()  # the decoder's buffers live for one call
-        return [
-            self._finish(MaskData.cat(crops), image.shape[:2])
-            for crops, image in zip(crops_per_image, images, strict=True)
-        ]
+        with record_function("amg.nms_and_records"):
+            return [
+                self._finish(MaskData.cat(crops), image.shape[:2])
+                for crops, image in zip(crops_per_image, images, strict=True)
+            ]
 
     def _frame(self, box: list[int], image_size: tuple[int, int]) -> CropFrame:
         x0, y0, x1, y1 = box
@@ -131,7 +133,8 @@ class AutomaticMaskGenerator:
             if missing:
                 started = time.perf_counter()
                 batch = encoder_input(self.model, [crops[j] for j in missing])
-                fresh = self.model.image_encoder(batch)
+                with record_function("amg.image_encoder"):
+                    fresh = self.model.image_encoder(batch)
                 seconds = (time.perf_counter() - started) / len(missing)
                 for j, embedding in zip(missing, fresh.split(1), strict=True):
                     found[j] = embedding
@@ -166,7 +169,8 @@ class AutomaticMaskGenerator:
         (crop_h, crop_w), (input_h, input_w) = frame.crop_size, frame.input_size
         scale = np.array([input_w / crop_w, input_h / crop_h])
         model_points = torch.as_tensor(points * scale, device=self.device)
-        tokens = self.decoder.decode_tokens(ctx, model_points)
+        with record_function("amg.transformer"):
+            tokens = self.decoder.decode_tokens(ctx, model_points)
         iou_preds = tokens.iou_preds.float()
         passed = (
             iou_preds > s.pred_iou_thresh
@@ -181,16 +185,34 @@ class AutomaticMaskGenerator:
             self.decoder.low_res_size, self.encoder_size, frame.input_size, frame.crop_size
         )
         extent = tuple(-(-side // self.decoder.upscale_factor) for side in resize.low_res_shape)
-        low_res = self.decoder.upscale(ctx, tokens, prompts, extent)
+        with record_function("amg.upscaler"):
+            low_res = self.decoder.upscale(ctx, tokens, prompts, extent)
         prompt_of_mask, mask_of_prompt = passed[prompts].nonzero(as_tuple=True)
         mask_points = torch.as_tensor(points, device=self.device)[prompts[prompt_of_mask]]
         mask_ious = iou_preds[prompts[prompt_of_mask], mask_of_prompt]
-        tiled = resize.pays(self.device)
+        with record_function("amg.full_resolution"):
+            return self._full_res(
+                resize, low_res, (prompt_of_mask, mask_of_prompt), mask_ious, mask_points, frame
+            )
+
+    def _full_res(
+        self,
+        resize: TiledResize,
+        low_res: Tensor,
+        index: tuple[Tensor, Tensor],
+        iou_preds: Tensor,
+        points: Tensor,
+        frame: CropFrame,
+    ) -> MaskData:
+        """The masks at (prompt, output) `index` of `low_res` that pass the full-resolution
+        filters, some at a time: tile by tile where that pays (`TiledResize.pays`)."""
+        s = self.settings
         threshold, offset = self.model.mask_threshold, s.stability_score_offset
+        tiled = resize.pays(self.device)
         bytes_per_mask = resize.bytes_per_mask if tiled else self._dense_bytes(frame.crop_size)
         parts = []
-        for chunk in self._chunks(len(prompt_of_mask), bytes_per_mask):
-            chunk_low_res = low_res[prompt_of_mask[chunk], mask_of_prompt[chunk]].float()
+        for chunk in self._chunks(len(iou_preds), bytes_per_mask):
+            chunk_low_res = low_res[index[0][chunk], index[1][chunk]].float()
             if tiled:
                 masks = resize.masks(chunk_low_res, threshold, offset)
             else:
@@ -202,7 +224,7 @@ class AutomaticMaskGenerator:
                     self.decoder.low_res_size,
                 )
                 masks = DenseMasks(logits[:, 0], threshold, offset)
-            parts.append(self._filter_full_res(masks, mask_ious[chunk], mask_points[chunk], frame))
+            parts.append(self._filter_full_res(masks, iou_preds[chunk], points[chunk], frame))
         return MaskData.cat(parts)
 
     @property
