@@ -142,18 +142,28 @@ class TiledResize:
     def masks(self, low_res: Tensor, threshold: float, offset: float) -> TiledMasks:
         """K x h x w low-res maps read at `threshold` and `threshold` -/+ `offset`."""
         mid = upscale_to_input(low_res[:, None], self.encoder_size, self.input_size, self.low_size)
-        mid = mid[:, 0]
         cutoffs = torch.tensor([threshold - offset, threshold, threshold + offset])
+        above, decided = self._decide(low_res, cutoffs)
+        counts = (above & decided[:, None]).mul(self.tile_areas).sum(dim=(2, 3), dtype=torch.int32)
+        tiles = (~decided).nonzero()  # (mask, tile row, tile column) to resize
+        binary = self._resize_tiles(mid[:, 0], tiles, cutoffs, counts)
+        return TiledMasks(self, counts, above[:, 1] & decided, tiles, binary)
+
+    def _decide(self, low_res: Tensor, cutoffs: Tensor) -> tuple[Tensor, Tensor]:
+        """Which tiles lie wholly above each cutoff (K x 3 x tile rows x tile columns), and
+        which lie wholly above or below every cutoff (K x tile rows x tile columns)."""
         lowest, highest = self._tile_bounds(low_res)
         # A resized pixel can pass its sources' extremes by a few float32 roundings of the
         # map's largest magnitude: a tile is decided only with this margin to spare.
         margin = 1e-5 * low_res.abs().amax(dim=(1, 2)).clamp_min(1.0)[:, None, None, None]
-        above = lowest[:, None] > cutoffs[:, None, None] + margin  # K x 3 x tile rows x tile cols
+        above = lowest[:, None] > cutoffs[:, None, None] + margin
         below = highest[:, None] < cutoffs[:, None, None] - margin
-        decided = (above | below).all(dim=1)
-        counts = (above & decided[:, None]).mul(self.tile_areas).sum(dim=(2, 3), dtype=torch.int32)
-        tiles = (~decided).nonzero()  # (mask, tile row, tile column) to resize
-        binary = []
+        return above, (above | below).all(dim=1)
+
+    def _resize_tiles(self, mid: Tensor, tiles: Tensor, cutoffs: Tensor, counts: Tensor) -> Tensor:
+        """Resizes the undecided tiles, adds their pixels above each cutoff to `counts`, and
+        returns their masks at the threshold (the middle cutoff): B x TILE x TILE."""
+        binary = [torch.zeros(0, _TILE, _TILE, dtype=torch.bool)]
         for start in range(0, len(tiles), _TILES_PER_STEP):
             part = tiles[start : start + _TILES_PER_STEP]
             values = self.tile_values(mid, part)
@@ -166,8 +176,7 @@ class TiledResize:
                 counts[:, c].index_add_(0, part[:, 0], hits)
                 if c == 1:
                     binary.append(above_cutoff)
-        binary = torch.cat(binary) if binary else torch.zeros(0, _TILE, _TILE, dtype=torch.bool)
-        return TiledMasks(self, counts, above[:, 1] & decided, tiles, binary)
+        return torch.cat(binary)
 
     def _tile_bounds(self, low_res: Tensor) -> tuple[Tensor, Tensor]:
         """Least and greatest low-res logit each tile depends on: K x tile rows x tile columns.
@@ -212,13 +221,6 @@ class TiledResize:
             rows.sources.first_weight[i][:, :, None],
             rows.sources.second_weight[i][:, :, None],
         )
-
-    def place(self, canvas: Tensor, tiles: Tensor, values: Tensor) -> Tensor:
-        """Writes B tiles' values into a K x H x W canvas at (mask, tile row, tile column)."""
-        rows = self.rows.pixels[tiles[:, 1], :, None]
-        cols = self.cols.pixels[tiles[:, 2], None, :]
-        canvas[tiles[:, 0, None, None], rows, cols] = values
-        return canvas
 
     @property
     def bytes_per_mask(self) -> int:
@@ -353,8 +355,9 @@ def _probe_matches(
     resize = crop_resize(low_size, encoder_size, input_size, crop_size)
     mid = upscale_to_input(probe[:, None], encoder_size, input_size)[:, 0]
     rows, cols = len(resize.rows.pixels), len(resize.cols.pixels)
-    tiles = torch.cartesian_prod(
-        torch.zeros(1, dtype=torch.long), torch.arange(rows), torch.arange(cols)
-    )
-    values = resize.place(torch.empty_like(expected), tiles, resize.tile_values(mid, tiles))
+    tiles = torch.cartesian_prod(torch.tensor([0]), torch.arange(rows), torch.arange(cols))
+    values = torch.empty_like(expected)
+    row_pixels = resize.rows.pixels[tiles[:, 1], :, None]
+    col_pixels = resize.cols.pixels[tiles[:, 2], None, :]
+    values[tiles[:, 0, None, None], row_pixels, col_pixels] = resize.tile_values(mid, tiles)
     return torch.equal(values, expected)
