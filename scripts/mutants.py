@@ -71,6 +71,20 @@ MUTANTS = [
         ("tests/test_core_steps.py", "tests/test_filters.py"),
     ),
     Mutant(
+        "tiled masks: whole tiles inside the mask read at the upper stability cutoff",
+        "amg_lightning/core/full_res.py",
+        "return TiledMasks(self, counts, above[:, 1] & decided, tiles, binary)",
+        "return TiledMasks(self, counts, above[:, 2] & decided, tiles, binary)",
+        ("tests/test_full_res.py",),
+    ),
+    Mutant(
+        "tiled masks: a tile's bounds miss its last low-res source",
+        "amg_lightning/core/full_res.py",
+        "_every_index(first.first[low], first.second[high]),",
+        "_every_index(first.first[low], first.first[high]),",
+        ("tests/test_full_res.py",),
+    ),
+    Mutant(
         "writer drops the last record: the open shard is never finished",
         "amg_lightning/run/writer.py",
         "    ) -> None:\n        self._finish_shard()\n        wall_seconds",

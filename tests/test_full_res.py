@@ -40,7 +40,7 @@ def crafted_maps(shape: tuple[int, int]) -> torch.Tensor:
     """Low-res maps meant to trip a tiled resize: see each line."""
     h, w = shape
     generator = torch.Generator().manual_seed(1)
-    maps = torch.full((9, h, w), -20.0)
+    maps = torch.full((10, h, w), -20.0)
     maps[1] = 20.0  # the whole crop
     maps[2, 0, 0] = 20.0  # one pixel in the top-left corner
     maps[3, h // 2, w // 2] = 0.5  # one pixel between the threshold and threshold + offset
@@ -53,6 +53,7 @@ def crafted_maps(shape: tuple[int, int]) -> torch.Tensor:
         torch.randn(1, 1, 6, 8, generator=generator) * 10, (h, w), mode="bilinear"
     )[0, 0]
     maps[8, :, w // 2 :] = 30.0  # a straight edge down the middle, inside above every cutoff
+    maps[9, : h // 2] = 0.5  # a plateau inside the mask but below threshold + offset
     return maps
 
 
@@ -91,6 +92,7 @@ def test_tiled_masks_equal_dense_masks_at_other_cutoffs(threshold, offset):
     assert_tiled_equals_dense(resize, crafted_maps(resize.low_res_shape), threshold, offset)
 
 
+@pytest.mark.slow
 def test_tiled_masks_equal_dense_masks_on_real_logits(mobile_sam, random_image):
     """The real decoder's low-res logits, resized for a crop twice the encoder's size."""
     decoder = PointDecoder(mobile_sam)
