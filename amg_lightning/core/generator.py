@@ -312,7 +312,7 @@ class AutomaticMaskGenerator:
     def _record(self, masks: MaskData, i: int, image_size: tuple[int, int]) -> dict[str, Any]:
         counts = masks.rles[i]
         return {
-            "segmentation": _encode_output(counts, image_size, self.settings.output_mode),
+            "segmentation": rle.to_output(counts, image_size, self.settings.output_mode),
             "area": rle.area(counts),
             "bbox": xyxy_to_xywh(masks.boxes[i : i + 1])[0].tolist(),
             "predicted_iou": masks.iou_preds[i].item(),
@@ -331,11 +331,3 @@ def _bfloat16_supported(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-
-
-def _encode_output(counts: np.ndarray, size: tuple[int, int], mode: str) -> Any:
-    if mode == "coco_rle":
-        return rle.to_coco(counts, size)
-    if mode == "uncompressed_rle":
-        return rle.to_uncompressed(counts, size)
-    return rle.decode(counts, size)

@@ -126,6 +126,15 @@ def to_coco(counts: np.ndarray, size: tuple[int, int]) -> dict[str, Any]:
     return {"size": [int(size[0]), int(size[1])], "counts": rle["counts"].decode("ascii")}
 
 
+def to_output(counts: np.ndarray, size: tuple[int, int], output_mode: str) -> Any:
+    """A record's "segmentation" in the generator's `output_mode`."""
+    if output_mode == "coco_rle":
+        return to_coco(counts, size)
+    if output_mode == "uncompressed_rle":
+        return to_uncompressed(counts, size)
+    return decode(counts, size)
+
+
 def encode_mask(mask: np.ndarray) -> Encoded:
     """RLE and box of one H x W boolean mask, on the CPU."""
     tensor = torch.from_numpy(np.ascontiguousarray(mask))[None]

@@ -497,14 +497,8 @@ def _record(mask: TileMask, image_size: tuple[int, int], output_mode: str) -> di
     counts = runs_to_counts(runs, image_size)
     x0, y0, x1, y1 = runs_box(runs).tolist()
     cx0, cy0, cx1, cy1 = mask.crop_box
-    if output_mode == "coco_rle":
-        segmentation: Any = rle.to_coco(counts, image_size)
-    elif output_mode == "uncompressed_rle":
-        segmentation = rle.to_uncompressed(counts, image_size)
-    else:
-        segmentation = rle.decode(counts, image_size)
     return {
-        "segmentation": segmentation,
+        "segmentation": rle.to_output(counts, image_size, output_mode),
         "area": runs_area(runs),
         "bbox": [x0, y0, x1 - x0, y1 - y0],
         "predicted_iou": mask.predicted_iou,
