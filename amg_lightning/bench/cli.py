@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +22,6 @@ from amg_lightning.bench import generate, pipeline, tiling, tiling_figure
 from amg_lightning.bench.machine import git_commit, hardware
 from amg_lightning.bench.report import print_table, write_outputs
 from amg_lightning.core.models import MODEL_TYPES
-
-warnings.filterwarnings("ignore", category=FutureWarning, module="timm")
-warnings.filterwarnings("ignore", message="Overwriting tiny_vit")
 
 
 def _common_arguments(parser: argparse.ArgumentParser) -> None:

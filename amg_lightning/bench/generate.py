@@ -118,7 +118,10 @@ def build_modes(model: torch.nn.Module, args: argparse.Namespace) -> list[Mode]:
     from amg_lightning import AutomaticMaskGenerator
 
     if args.model_type == "vit_t":
-        from mobile_sam import SamAutomaticMaskGenerator
+        from amg_lightning.core.models import quiet_mobile_sam_import
+
+        with quiet_mobile_sam_import():
+            from mobile_sam import SamAutomaticMaskGenerator
     else:
         from segment_anything import SamAutomaticMaskGenerator
 

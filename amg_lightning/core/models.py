@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -23,12 +24,18 @@ def _build_vit(model_type: str) -> nn.Module:
     return sam_model_registry[model_type]()
 
 
-def _build_vit_t() -> nn.Module:
-    # mobile_sam imports timm's old module paths and re-registers TinyViT names in timm:
-    # warnings about its own imports that no user can act on.
+@contextmanager
+def quiet_mobile_sam_import() -> Iterator[None]:
+    """Silences what importing mobile_sam warns: it imports timm's old module paths and
+    re-registers TinyViT names in timm, warnings about its own imports no user can act on."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning, module="timm")
         warnings.filterwarnings("ignore", message="Overwriting tiny_vit")
+        yield
+
+
+def _build_vit_t() -> nn.Module:
+    with quiet_mobile_sam_import():
         from mobile_sam import sam_model_registry
 
     return sam_model_registry["vit_t"]()
