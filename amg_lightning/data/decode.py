@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import io
-import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -26,22 +27,36 @@ def decode_image(data: bytes, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) 
     has more than `max_image_pixels` pixels (a decompression bomb, or simply too large):
     then nothing is decoded.
     """
-    # Pillow's decompression-bomb check reads its header only; its limit (a global) becomes
-    # ours, and the warning it gives below twice the limit an error.
-    Image.MAX_IMAGE_PIXELS = max_image_pixels
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
-                upright = ImageOps.exif_transpose(image)
-                return _to_rgb(upright)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ValueError(
-            f"image too large: more than data.max_image_pixels = {max_image_pixels} pixels "
-            "(raise it to accept the image)"
-        ) from error
-    except (OSError, SyntaxError, ValueError) as error:
+        with _pillow_check_off(), Image.open(io.BytesIO(data)) as image:
+            # The header alone gives the size: nothing is decoded before this check.
+            width, height = image.size
+            if width * height > max_image_pixels:
+                raise ImageTooLarge(
+                    f"image too large: {width}x{height} is more than data.max_image_pixels = "
+                    f"{max_image_pixels} pixels (raise it to accept the image)"
+                )
+            return _to_rgb(ImageOps.exif_transpose(image))
+    except ImageTooLarge as error:
+        raise ValueError(str(error)) from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise ValueError(f"cannot decode image: {error}") from error
+
+
+class ImageTooLarge(Exception):
+    """An image whose header gives more pixels than allowed."""
+
+
+@contextmanager
+def _pillow_check_off() -> Iterator[None]:
+    """Pillow's own decompression-bomb limit off while our limit applies; restored after, so a
+    caller's setting of the global is kept."""
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
 
 
 def _to_rgb(image: Image.Image) -> np.ndarray:
