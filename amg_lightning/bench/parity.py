@@ -4,10 +4,13 @@ Records are `generate` outputs with `output_mode="coco_rle"`.
 
 * **Exact modes** (`exact_parity`, `exact_differences`): every reference record has its twin at
   the same index among ours, with the same RLE, bbox, area and crop_box, point_coords within
-  float64 rounding, and no record of ours is left over. The scores
-  come out of float32 matrix products summed in another order than the reference's, so
-  `predicted_iou` and `stability_score` may differ by float rounding: at most
-  `SCORE_TOLERANCE` (1e-6, a few float32 ulps at scores near 1).
+  float64 rounding, and no record of ours is left over. The scores come out of float32
+  matrix products summed in another order than the reference's, so they may differ by float
+  rounding: at most `SCORE_TOLERANCE` (1e-5). `predicted_iou` moves by up to about 20 float32
+  ulps at scores near 1 (about 1e-6); `stability_score` is a ratio of pixel counts at
+  threshold -/+ offset, where a pixel whose logit lies within rounding of a cutoff may count
+  on the other side (one pixel in a mask of 250 000 is 4e-6), while the mask itself, read at
+  the threshold, stays identical.
 * **Fast modes** (`fast_parity`): each reference mask matched to our mask of highest IoU;
   the mean of those IoUs at least `FAST_MIN_MEAN_IOU` (0.99), and the mask counts differing by
   at most `FAST_MAX_COUNT_MISMATCH` (2%) of the reference's.
@@ -21,7 +24,7 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as coco_mask
 
-SCORE_TOLERANCE = 1e-6
+SCORE_TOLERANCE = 1e-5
 FAST_MIN_MEAN_IOU = 0.99
 FAST_MAX_COUNT_MISMATCH = 0.02
 
