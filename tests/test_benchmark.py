@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -120,6 +122,15 @@ def test_help_names_the_subcommands(capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "--reference-rounds" in out and "--synthetic-size" in out and "--fast" in out
+
+
+def test_scripts_benchmark_is_amg_bench():
+    script = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "generate", "--help"], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert "--stages" in done.stdout and "--reference-rounds" in done.stdout
 
 
 def _record(mask: np.ndarray, iou: float, stability: float, point=(1.0, 2.0)) -> dict:
