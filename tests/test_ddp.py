@@ -6,19 +6,16 @@ segmented exactly once over both ranks, and that a multirun job restarts only it
 
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import pytest
-import webdataset as wds
-from PIL import Image
 
 from amg_lightning.results.run_folder import shard_paths
 from amg_lightning.results.shards import iter_results
+from tests.helpers.jpeg_shards import write_jpeg_shards
 from tests.helpers.predict import run_predict
 
 pytestmark = pytest.mark.e2e
@@ -26,26 +23,6 @@ pytestmark = pytest.mark.e2e
 DDP = ["model=tiny", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
 DDP += ["data.num_workers=1", "points_per_side=4"]
 TIMEOUT_S = 240
-
-
-def jpeg(seed: int) -> bytes:
-    rng = np.random.default_rng(seed)
-    blobs = Image.fromarray(rng.integers(0, 255, size=(6, 8, 3), dtype=np.uint8))
-    data = io.BytesIO()
-    blobs.resize((48, 40), Image.BICUBIC).save(data, "JPEG")
-    return data.getvalue()
-
-
-def write_shards(folder: Path, sizes: list[int]) -> list[str]:
-    """Shards `in-000000.tar`, ... of `sizes` images each; returns every key."""
-    folder.mkdir()
-    keys = []
-    for number, size in enumerate(sizes):
-        with wds.TarWriter(str(folder / f"in-{number:06d}.tar")) as shard:
-            for _ in range(size):
-                keys.append(f"img{len(keys):03d}")
-                shard.write({"__key__": keys[-1], "jpg": jpeg(len(keys))})
-    return keys
 
 
 def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -73,7 +50,7 @@ def assert_complete(output_dir: Path, keys: list[str]) -> None:
     ],
 )
 def test_two_ranks_split_the_images(tmp_path: Path, sizes: list[int]) -> None:
-    keys = write_shards(tmp_path / "shards", sizes)
+    keys = write_jpeg_shards(tmp_path / "shards", sizes)
     out = tmp_path / "out"
     finished = run_cli([*DDP, f"data.urls={tmp_path / 'shards'}", f"output_dir={out}"], tmp_path)
 
@@ -82,7 +59,7 @@ def test_two_ranks_split_the_images(tmp_path: Path, sizes: list[int]) -> None:
 
 
 def test_ddp_multirun_runs_each_job_once(tmp_path: Path) -> None:
-    keys = write_shards(tmp_path / "shards", [2, 3])
+    keys = write_jpeg_shards(tmp_path / "shards", [2, 3])
     sweep = tmp_path / "sweep"
     args = ["-m", *DDP, f"data.urls={tmp_path / 'shards'}", "pred_iou_thresh=0.5,0.6"]
     finished = run_cli([*args, f"hydra.sweep.dir={sweep}"], tmp_path)
@@ -102,7 +79,7 @@ def test_ddp_multirun_runs_each_job_once(tmp_path: Path) -> None:
 
 def test_ddp_multirun_job_that_fails_ends_with_its_message(tmp_path: Path) -> None:
     """A job's own process fails (a checkpoint only loading can reject): the sweep stops there."""
-    write_shards(tmp_path / "shards", [1])
+    write_jpeg_shards(tmp_path / "shards", [1])
     corrupt = tmp_path / "sam_vit_b.pth"
     corrupt.write_bytes(b"not a checkpoint")
     args = ["-m", *DDP, f"data.urls={tmp_path / 'shards'}", "pred_iou_thresh=0.5,0.6"]
