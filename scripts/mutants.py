@@ -80,8 +80,8 @@ MUTANTS = [
     Mutant(
         "tiled masks: a tile's bounds miss its last low-res source",
         "amg_lightning/core/full_res.py",
-        "_every_index(first.first[low], first.second[high]),",
-        "_every_index(first.first[low], first.first[high]),",
+        "_every_index(read_sources.first[:, 0], read_sources.second[:, -1])",
+        "_every_index(read_sources.first[:, 0], read_sources.first[:, -1])",
         ("tests/test_full_res.py",),
     ),
     Mutant(

@@ -15,8 +15,8 @@ import torch
 from torch.nn import functional as F
 
 from amg_lightning.core import rle
-from amg_lightning.core.decoder import PointDecoder, upscale_to_crop
-from amg_lightning.core.full_res import DenseMasks, TiledResize, crop_resize
+from amg_lightning.core.decoder import PointDecoder
+from amg_lightning.core.full_res import CropResize, TiledMasks, crop_resize
 
 CPU = torch.device("cpu")
 # (encoder input size, crop size): enlarging, shrinking, equal, odd, thin, one row.
@@ -57,12 +57,10 @@ def crafted_maps(shape: tuple[int, int]) -> torch.Tensor:
     return maps
 
 
-def assert_tiled_equals_dense(resize: TiledResize, low_res: torch.Tensor, threshold, offset):
+def assert_tiled_equals_dense(resize: CropResize, low_res: torch.Tensor, threshold, offset):
     tiled = resize.masks(low_res, threshold, offset)
-    logits = upscale_to_crop(
-        low_res[:, None], resize.encoder_size, resize.input_size, resize.crop_size, resize.low_size
-    )[:, 0]
-    dense = DenseMasks(logits, threshold, offset)
+    assert isinstance(tiled, TiledMasks)  # the generator's choice on the CPU
+    dense = resize.dense_masks(low_res, threshold, offset)
     torch.testing.assert_close(tiled.stability(), dense.stability(), rtol=0, atol=0, equal_nan=True)
     everything = torch.arange(len(low_res))
     crop_box = [40, 30, 40 + resize.crop_size[1], 30 + resize.crop_size[0]]
@@ -103,7 +101,7 @@ def test_tiled_masks_equal_dense_masks_on_real_logits(mobile_sam, random_image):
     points = torch.rand(16, 2, generator=torch.Generator().manual_seed(0)) * 1000
     tokens = decoder.decode_tokens(ctx, points)
     resize = crop_resize(256, 1024, (768, 1024), (1500, 2000))
-    extent = tuple(-(-side // decoder.upscale_factor) for side in resize.low_res_shape)
+    extent = resize.embedding_extent(decoder.upscale_factor)
     low_res = decoder.upscale(ctx, tokens, torch.arange(16), extent).flatten(0, 1).clone()
     assert_tiled_equals_dense(resize, low_res, mobile_sam.mask_threshold, 1.0)
 

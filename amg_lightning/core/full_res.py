@@ -8,11 +8,12 @@ logits, so in a tile of crop pixels whose sources all lie above a cutoff (or all
 every pixel does too. Only the tiles where a cutoff lies between their sources' least and
 greatest value are resized; the others are counted, and drawn for the RLE, whole.
 
-The first resize is F.interpolate's own. Inside the resized tiles the second one is too: each
-axis's source indices and weights are computed as its CPU kernel computes them, and each blend
-is rounded as that kernel rounds it (one fused multiply-add). `TiledResize.exact` checks this
+Neither resize is made for the whole map. A resized tile's block of low-res sources is resized
+to the input-sized logits the tile reads, then to the tile, each as F.interpolate's CPU kernel
+does it: each axis's source indices and weights are computed as the kernel computes them, and
+each blend is rounded as the kernel rounds it (one fused multiply-add). `CropResize.exact` checks this
 once per geometry and device on a random probe against F.interpolate; where it differs
-(another device or build), callers use `DenseMasks`.
+(another device or build), `CropResize.masks` resizes every pixel with F.interpolate.
 """
 
 from __future__ import annotations
@@ -23,14 +24,13 @@ from functools import cache
 import numpy as np
 import torch
 from torch import Tensor
-from torch.nn import functional as F
 
 from amg_lightning.core import rle
-from amg_lightning.core.decoder import upscale_to_input
+from amg_lightning.core.decoder import upscale_to_crop
 
 # Crop pixels per tile side: smaller tiles follow mask edges more closely, larger ones cost
 # less bookkeeping.
-_TILE = 32
+_TILE = 32  # `_count_tiles` needs TILE * TILE to be a multiple of 8 below 2048
 # Tiles resized at once (bounds the temporaries: 8 float tensors of TILE^2 per tile).
 _TILES_PER_STEP = 2048
 
@@ -52,6 +52,10 @@ class Axis:
             self.second_weight[index],
         )
 
+    def shifted(self, start: Tensor) -> Axis:
+        """Source indices counted from `start`."""
+        return Axis(self.first - start, self.second - start, self.first_weight, self.second_weight)
+
 
 def bilinear_axis(n_in: int, n_out: int) -> Axis:
     """Sources and weights of F.interpolate(size=...) along one axis, as its kernel computes them.
@@ -71,20 +75,58 @@ def bilinear_axis(n_in: int, n_out: int) -> Axis:
 def _blend(a: Tensor, b: Tensor, a_weight: Tensor, b_weight: Tensor) -> Tensor:
     """a * a_weight + b * b_weight rounded as the kernel rounds it: fma(a, a_weight, b * b_weight).
 
-    torch.addcmul's CPU kernel is that fused multiply-add (`TiledResize.exact` checks it).
+    torch.addcmul's CPU kernel is that fused multiply-add (`CropResize.exact` checks it).
     """
     return torch.addcmul(b * b_weight, a, a_weight)
 
 
+def _count_tiles(masks: Tensor) -> Tensor:
+    """True pixels per B x TILE x TILE boolean mask, as int32.
+
+    The bytes are summed eight at a time as int64 words: each byte lane counts at most
+    TILE * TILE / 8 = 128 ones, so no lane carries into the next; the eight lanes are then
+    added. An order of magnitude faster than summing the booleans one by one.
+    """
+    lanes = masks.contiguous().view(torch.int64).view(len(masks), -1).sum(dim=1)
+    return lanes.view(torch.uint8).view(len(masks), 8).sum(dim=1, dtype=torch.int32)
+
+
+def _resize_block(block: Tensor, rows: Axis, cols: Axis) -> Tensor:
+    """Resizes each of B blocks (B x R x C) to B x R' x C' by per-block axes (B x R', B x C').
+
+    Columns are blended first, as the kernel blends each source row along the width and then
+    blends rows.
+    """
+    b, r, _ = block.shape
+    shape = (b, r, cols.first.shape[1])
+    across = _blend(
+        block.gather(2, cols.first[:, None, :].expand(shape)),
+        block.gather(2, cols.second[:, None, :].expand(shape)),
+        cols.first_weight[:, None, :],
+        cols.second_weight[:, None, :],
+    )
+    block_index = torch.arange(b)[:, None]
+    return _blend(
+        across[block_index, rows.first],
+        across[block_index, rows.second],
+        rows.first_weight[:, :, None],
+        rows.second_weight[:, :, None],
+    )
+
+
 @dataclass(frozen=True)
 class Tiles:
-    """One crop axis cut into tiles of `_TILE` pixels; the last tile repeats its last pixel."""
+    """One crop axis cut into tiles of `_TILE` pixels; the last tile repeats its last pixel.
+
+    Each tile reads a span of input-sized logits (`reads`), and those a span of low-res ones
+    (`low_reads`). Source indices are relative to the start of the span they index.
+    """
 
     pixels: Tensor  # tiles x TILE: crop pixel index
     valid: Tensor  # tiles x TILE: False where a pixel repeats
-    sources: Axis  # tiles x TILE: each pixel's input-sized sources and weights
-    reads: Tensor  # tiles x S: every input-sized index the tile reads (the last one repeated)
-    low_reads: Tensor  # tiles x S': every low-res index those read
+    sources: Axis  # tiles x TILE: each pixel's sources in `reads`, and their weights
+    read_sources: Axis  # tiles x S: each read's sources in `low_reads`, and their weights
+    low_reads: Tensor  # tiles x S': every low-res index the tile depends on (last one repeated)
 
     @classmethod
     def of(cls, first: Axis, second: Axis, size: int) -> Tiles:
@@ -94,12 +136,15 @@ class Tiles:
         pixels = position.clamp_max(size - 1)
         sources = second.take(pixels)
         low, high = sources.first[:, 0], sources.second[:, -1]
+        reads = _every_index(low, high)
+        read_sources = first.take(reads)
+        low_reads = _every_index(read_sources.first[:, 0], read_sources.second[:, -1])
         return cls(
             pixels,
             position < size,
-            sources,
-            _every_index(low, high),
-            _every_index(first.first[low], first.second[high]),
+            sources.shifted(low[:, None]),
+            read_sources.shifted(low_reads[:, :1]),
+            low_reads,
         )
 
     @property
@@ -114,8 +159,8 @@ def _every_index(low: Tensor, high: Tensor) -> Tensor:
     return torch.minimum(low[:, None] + torch.arange(span), high[:, None])
 
 
-class TiledResize:
-    """SAM's two resizes of one crop geometry, the second one tile by tile."""
+class CropResize:
+    """SAM's two resizes of one crop geometry: tile by tile where that is exact, else dense."""
 
     def __init__(
         self,
@@ -139,14 +184,31 @@ class TiledResize:
         first_resize = bilinear_axis(self.low_size, self.encoder_size)
         return tuple(int(first_resize.second[side - 1]) + 1 for side in self.input_size)
 
-    def masks(self, low_res: Tensor, threshold: float, offset: float) -> TiledMasks:
+    def embedding_extent(self, upscale_factor: int) -> tuple[int, int]:
+        """The top-left rows x columns of the embedding grid whose logits the crop depends on,
+        when each embedding pixel becomes `upscale_factor` low-res logits per side."""
+        return tuple(-(-side // upscale_factor) for side in self.low_res_shape)
+
+    def masks(self, low_res: Tensor, threshold: float, offset: float) -> TiledMasks | DenseMasks:
         """K x h x w low-res maps read at `threshold` and `threshold` -/+ `offset`."""
-        mid = upscale_to_input(low_res[:, None], self.encoder_size, self.input_size, self.low_size)
+        if self.exact(low_res.device):
+            return self.tiled_masks(low_res, threshold, offset)
+        return self.dense_masks(low_res, threshold, offset)
+
+    def dense_masks(self, low_res: Tensor, threshold: float, offset: float) -> DenseMasks:
+        """The masks from every pixel of their crop-sized logits, resized by F.interpolate."""
+        logits = upscale_to_crop(
+            low_res[:, None], self.encoder_size, self.input_size, self.crop_size, self.low_size
+        )
+        return DenseMasks(logits[:, 0], threshold, offset)
+
+    def tiled_masks(self, low_res: Tensor, threshold: float, offset: float) -> TiledMasks:
+        """The masks with only the tiles that a cutoff crosses resized (CPU arithmetic)."""
         cutoffs = torch.tensor([threshold - offset, threshold, threshold + offset])
         above, decided = self._decide(low_res, cutoffs)
         counts = (above & decided[:, None]).mul(self.tile_areas).sum(dim=(2, 3), dtype=torch.int32)
         tiles = (~decided).nonzero()  # (mask, tile row, tile column) to resize
-        binary = self._resize_tiles(mid[:, 0], tiles, cutoffs, counts)
+        binary = self._resize_tiles(low_res, tiles, cutoffs, counts)
         return TiledMasks(self, counts, above[:, 1] & decided, tiles, binary)
 
     def _decide(self, low_res: Tensor, cutoffs: Tensor) -> tuple[Tensor, Tensor]:
@@ -160,23 +222,33 @@ class TiledResize:
         below = highest[:, None] < cutoffs[:, None, None] - margin
         return above, (above | below).all(dim=1)
 
-    def _resize_tiles(self, mid: Tensor, tiles: Tensor, cutoffs: Tensor, counts: Tensor) -> Tensor:
+    def _resize_tiles(
+        self, low_res: Tensor, tiles: Tensor, cutoffs: Tensor, counts: Tensor
+    ) -> Tensor:
         """Resizes the undecided tiles, adds their pixels above each cutoff to `counts`, and
         returns their masks at the threshold (the middle cutoff): B x TILE x TILE."""
         binary = [torch.zeros(0, _TILE, _TILE, dtype=torch.bool)]
         for start in range(0, len(tiles), _TILES_PER_STEP):
             part = tiles[start : start + _TILES_PER_STEP]
-            values = self.tile_values(mid, part)
-            # Repeated pixels past the crop's edge count at no cutoff.
-            valid = self.rows.valid[part[:, 1], :, None] & self.cols.valid[part[:, 2], None, :]
-            values.masked_fill_(~valid, -torch.inf)
+            values = self.tile_values(low_res, part)
+            self._drop_repeats(values, part)
             for c, cutoff in enumerate(cutoffs.tolist()):
                 above_cutoff = values > cutoff
-                hits = above_cutoff.sum(dim=(1, 2), dtype=torch.int32)
-                counts[:, c].index_add_(0, part[:, 0], hits)
+                counts[:, c].index_add_(0, part[:, 0], _count_tiles(above_cutoff))
                 if c == 1:
                     binary.append(above_cutoff)
         return torch.cat(binary)
+
+    def _drop_repeats(self, values: Tensor, tiles: Tensor) -> None:
+        """Sets the pixels that repeat the crop's last row or column to -inf, so that they
+        count at no cutoff. Only tiles in the last tile row or column have them."""
+        rows, cols = self.rows, self.cols
+        i, j = tiles[:, 1], tiles[:, 2]
+        edge = ((i == len(rows.pixels) - 1) | (j == len(cols.pixels) - 1)).nonzero()[:, 0]
+        if len(edge):
+            i, j = i[edge], j[edge]
+            repeats = ~(rows.valid[i, :, None] & cols.valid[j, None, :])
+            values[edge] = values[edge].masked_fill_(repeats, -torch.inf)
 
     def _tile_bounds(self, low_res: Tensor) -> tuple[Tensor, Tensor]:
         """Least and greatest low-res logit each tile depends on: K x tile rows x tile columns.
@@ -188,57 +260,37 @@ class TiledResize:
         high = row_high[:, :, self.cols.low_reads].amax(dim=3)
         return low, high
 
-    def tile_values(self, mid: Tensor, tiles: Tensor) -> Tensor:
+    def tile_values(self, low_res: Tensor, tiles: Tensor) -> Tensor:
         """Crop-sized logits of the given (mask, tile row, tile column) tiles: B x TILE x TILE.
 
-        Each tile's block of sources is cut out first. Columns are blended first: the kernel
-        blends each source row along the width, then blends rows.
+        Each tile's block of low-res sources is cut out, resized to the input-sized logits the
+        tile reads, then to the tile.
         """
         rows, cols = self.rows, self.cols
         i, j = tiles[:, 1], tiles[:, 2]
-        row_reads, col_reads = rows.reads[i], cols.reads[j]
-        # `mid` may be a view into a larger map (F.interpolate's padded output): index its
-        # storage by mid's strides rather than copy it.
-        mask_stride, row_stride, col_stride = mid.stride()
-        storage = mid.as_strided((len(mid) * mask_stride,), (1,))
+        row_reads, col_reads = rows.low_reads[i], cols.low_reads[j]
+        mask_stride, row_stride, col_stride = low_res.stride()
         flat = tiles[:, 0, None] * mask_stride + row_reads * row_stride  # B x S rows
-        block = storage.take(flat[:, :, None] + col_reads[:, None, :] * col_stride)  # B x S x S'
-        shape = (len(tiles), row_reads.shape[1], _TILE)
-        left = (cols.sources.first[j] - col_reads[:, :1])[:, None, :].expand(shape)
-        right = (cols.sources.second[j] - col_reads[:, :1])[:, None, :].expand(shape)
-        across = _blend(
-            block.gather(2, left),
-            block.gather(2, right),
-            cols.sources.first_weight[j][:, None, :],
-            cols.sources.second_weight[j][:, None, :],
-        )  # B x S x TILE
-        shape = (len(tiles), _TILE, _TILE)
-        top = (rows.sources.first[i] - row_reads[:, :1])[:, :, None].expand(shape)
-        bottom = (rows.sources.second[i] - row_reads[:, :1])[:, :, None].expand(shape)
-        return _blend(
-            across.gather(1, top),
-            across.gather(1, bottom),
-            rows.sources.first_weight[i][:, :, None],
-            rows.sources.second_weight[i][:, :, None],
-        )
+        block = low_res.take(flat[:, :, None] + col_reads[:, None, :] * col_stride)  # B x S x S'
+        mid = _resize_block(block, rows.read_sources.take(i), cols.read_sources.take(j))
+        return _resize_block(mid, rows.sources.take(i), cols.sources.take(j))
 
-    @property
-    def bytes_per_mask(self) -> int:
-        """Memory one mask takes here: its input-sized logits and their tile bounds."""
-        return 4 * 3 * self.input_size[0] * self.input_size[1]
-
-    def pays(self, device: torch.device) -> bool:
-        """Whether to resize tile by tile here: the crop has more pixels than the input-sized
-        map (else the dense crop-sized stage costs less than the tile bookkeeping), and the
-        tiled resize is exact on `device`."""
-        larger = self.crop_size[0] * self.crop_size[1] > self.input_size[0] * self.input_size[1]
-        return larger and self.exact(device)
+    def bytes_per_mask(self, device: torch.device) -> int:
+        """Memory one mask takes in `masks`: tiled, its low-res logits and their bounds;
+        dense, its logits at the encoder's and the crop's size."""
+        if self.exact(device):
+            rows, cols = self.low_res_shape
+            tile_rows, row_span = self.rows.low_reads.shape
+            tile_cols, col_span = self.cols.low_reads.shape
+            bounds = tile_rows * (row_span + 2) * cols + 2 * tile_rows * tile_cols * col_span
+            return 4 * (rows * cols + bounds)
+        return 4 * (self.crop_size[0] * self.crop_size[1] * 3 + self.encoder_size**2)
 
     @torch.no_grad()
     def exact(self, device: torch.device) -> bool:
         """Whether the tiled resize equals F.interpolate's on `device` (checked once).
 
-        Only the CPU kernel's arithmetic is reproduced; other devices use `DenseMasks`.
+        Only the CPU kernel's arithmetic is reproduced; other devices resize densely.
         """
         return device.type == "cpu" and _probe_matches(
             self.low_size, self.encoder_size, self.input_size, self.crop_size
@@ -250,7 +302,7 @@ class TiledMasks:
 
     def __init__(
         self,
-        resize: TiledResize,
+        resize: CropResize,
         counts: Tensor,
         inside: Tensor,
         tiles: Tensor,
@@ -289,23 +341,18 @@ class TiledMasks:
         background = torch.zeros(count, 1, width, dtype=torch.bool)
         first = torch.cat([first.flatten(2)[..., :width], background], dim=1)
         last = torch.cat([background, last.flatten(2)[..., :width]], dim=1)
-        edge_mask, edge, edge_column = _nonzero(first ^ last)  # edge e: row min(e * TILE, h)
+        # Edge e is crop row min(e * TILE, h).
+        edge_mask, edge, edge_column = rle.true_indices(first ^ last)
         # Inside resized tiles, below their first row; pixels past the crop change nothing.
         inner = binary[:, 1:] ^ binary[:, :-1]
         inner &= self.resize.rows.valid[i, 1:, None] & self.resize.cols.valid[j, None, :]
-        tile, below_first, tile_column = _nonzero(inner)
+        tile, below_first, tile_column = rle.true_indices(inner)
         inner_row = i.numpy()[tile] * _TILE + 1 + below_first
         return (
             np.concatenate([edge_mask, mask.numpy()[tile]]),
             np.concatenate([np.minimum(edge * _TILE, height), inner_row]),
             np.concatenate([edge_column, j.numpy()[tile] * _TILE + tile_column]),
         )
-
-
-def _nonzero(x: Tensor) -> tuple[np.ndarray, ...]:
-    """Indices of the True entries of a 3-D boolean tensor (NumPy's flat search is fastest)."""
-    flat = np.flatnonzero(x.contiguous().numpy())
-    return np.unravel_index(flat, x.shape)
 
 
 class DenseMasks:
@@ -335,9 +382,9 @@ def stability_score(logits: Tensor, threshold: float, offset: float) -> Tensor:
 @cache
 def crop_resize(
     low_size: int, encoder_size: int, input_size: tuple[int, int], crop_size: tuple[int, int]
-) -> TiledResize:
+) -> CropResize:
     """The (cached) resize of one crop geometry."""
-    return TiledResize(low_size, encoder_size, input_size, crop_size)
+    return CropResize(low_size, encoder_size, input_size, crop_size)
 
 
 @cache
@@ -349,15 +396,12 @@ def _probe_matches(
 ) -> bool:
     generator = torch.Generator().manual_seed(0)
     probe = torch.randn(1, low_size, low_size, generator=generator) * 8
-    expected = F.interpolate(
-        upscale_to_input(probe[:, None], encoder_size, input_size), crop_size, mode="bilinear"
-    )[:, 0]
+    expected = upscale_to_crop(probe[:, None], encoder_size, input_size, crop_size)[:, 0]
     resize = crop_resize(low_size, encoder_size, input_size, crop_size)
-    mid = upscale_to_input(probe[:, None], encoder_size, input_size)[:, 0]
     rows, cols = len(resize.rows.pixels), len(resize.cols.pixels)
     tiles = torch.cartesian_prod(torch.tensor([0]), torch.arange(rows), torch.arange(cols))
     values = torch.empty_like(expected)
     row_pixels = resize.rows.pixels[tiles[:, 1], :, None]
     col_pixels = resize.cols.pixels[tiles[:, 2], None, :]
-    values[tiles[:, 0, None, None], row_pixels, col_pixels] = resize.tile_values(mid, tiles)
+    values[tiles[:, 0, None, None], row_pixels, col_pixels] = resize.tile_values(probe, tiles)
     return torch.equal(values, expected)

@@ -20,9 +20,9 @@ from torch.profiler import record_function
 
 from amg_lightning.core import rle, tiling
 from amg_lightning.core.boxes import box_nms, near_crop_edge, xyxy_to_xywh
-from amg_lightning.core.decoder import ImageContext, PointDecoder, upscale_to_crop
+from amg_lightning.core.decoder import ImageContext, PointDecoder
 from amg_lightning.core.embedding_cache import EmbeddingCache
-from amg_lightning.core.full_res import DenseMasks, TiledMasks, TiledResize, crop_resize
+from amg_lightning.core.full_res import CropResize, DenseMasks, TiledMasks, crop_resize
 from amg_lightning.core.grids import crop_boxes, layer_point_grids
 from amg_lightning.core.image import check_image, encoder_input, resized_shape
 from amg_lightning.core.masks import CropFrame, MaskData
@@ -184,7 +184,7 @@ class AutomaticMaskGenerator:
         resize = crop_resize(
             self.decoder.low_res_size, self.encoder_size, frame.input_size, frame.crop_size
         )
-        extent = tuple(-(-side // self.decoder.upscale_factor) for side in resize.low_res_shape)
+        extent = resize.embedding_extent(self.decoder.upscale_factor)
         with record_function("amg.upscaler"):
             low_res = self.decoder.upscale(ctx, tokens, prompts, extent)
         prompt_of_mask, mask_of_prompt = passed[prompts].nonzero(as_tuple=True)
@@ -197,7 +197,7 @@ class AutomaticMaskGenerator:
 
     def _full_res(
         self,
-        resize: TiledResize,
+        resize: CropResize,
         low_res: Tensor,
         index: tuple[Tensor, Tensor],
         iou_preds: Tensor,
@@ -205,35 +205,18 @@ class AutomaticMaskGenerator:
         frame: CropFrame,
     ) -> MaskData:
         """The masks at (prompt, output) `index` of `low_res` that pass the full-resolution
-        filters, some at a time: tile by tile where that pays (`TiledResize.pays`)."""
-        s = self.settings
-        threshold, offset = self.model.mask_threshold, s.stability_score_offset
-        tiled = resize.pays(self.device)
-        bytes_per_mask = resize.bytes_per_mask if tiled else self._dense_bytes(frame.crop_size)
+        filters, some at a time."""
+        threshold, offset = self.model.mask_threshold, self.settings.stability_score_offset
         parts = []
-        for chunk in self._chunks(len(iou_preds), bytes_per_mask):
+        for chunk in self._chunks(len(iou_preds), resize.bytes_per_mask(self.device)):
             chunk_low_res = low_res[index[0][chunk], index[1][chunk]].float()
-            if tiled:
-                masks = resize.masks(chunk_low_res, threshold, offset)
-            else:
-                logits = upscale_to_crop(
-                    chunk_low_res[:, None],
-                    self.encoder_size,
-                    frame.input_size,
-                    frame.crop_size,
-                    self.decoder.low_res_size,
-                )
-                masks = DenseMasks(logits[:, 0], threshold, offset)
+            masks = resize.masks(chunk_low_res, threshold, offset)
             parts.append(self._filter_full_res(masks, iou_preds[chunk], points[chunk], frame))
         return MaskData.cat(parts)
 
     @property
     def encoder_size(self) -> int:
         return self.model.image_encoder.img_size
-
-    def _dense_bytes(self, crop_size: tuple[int, int]) -> int:
-        """Memory one mask takes on the dense path: its logits at the encoder and crop sizes."""
-        return 4 * (crop_size[0] * crop_size[1] * 3 + self.encoder_size**2)
 
     def _chunks(self, count: int, bytes_per_mask: int) -> Iterator[slice]:
         """Slices of masks whose full-resolution work fits in a few tens of MiB.

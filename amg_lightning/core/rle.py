@@ -71,13 +71,17 @@ def _vertical_changes(masks: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray
     padded = F.pad(masks, (0, 0, 1, 1))
     if masks.device.type != "cpu":
         return tuple((padded[:, 1:] != padded[:, :-1]).nonzero().cpu().numpy().T)
-    # On the CPU, XOR of bytes and NumPy's flat search are several times faster.
+    # On the CPU, XOR of bytes is several times faster than comparing booleans.
     as_bytes = padded.view(torch.uint8)
-    changes = np.flatnonzero((as_bytes[:, 1:] ^ as_bytes[:, :-1]).view(torch.bool).numpy())
-    height, width = masks.shape[1] + 1, masks.shape[2]
-    mask_index, position = np.divmod(changes, height * width)
-    row, column = np.divmod(position, width)
-    return mask_index, row, column
+    return true_indices((as_bytes[:, 1:] ^ as_bytes[:, :-1]).view(torch.bool))
+
+
+def true_indices(x: Tensor) -> tuple[np.ndarray, ...]:
+    """Per dimension, the indices of the True entries of a boolean CPU tensor, in order.
+
+    NumPy's flat search is several times faster than `Tensor.nonzero`.
+    """
+    return np.unravel_index(np.flatnonzero(x.contiguous().numpy()), x.shape)
 
 
 def _boxes(
