@@ -11,9 +11,9 @@ greatest value are resized; the others are counted, and drawn for the RLE, whole
 Neither resize is made for the whole map. A resized tile's block of low-res sources is resized
 to the input-sized logits the tile reads, then to the tile, each as F.interpolate's CPU kernel
 does it: each axis's source indices and weights are computed as the kernel computes them, and
-each blend is rounded as the kernel rounds it (one fused multiply-add). `CropResize.exact` checks this
-once per geometry and device on a random probe against F.interpolate; where it differs
-(another device or build), `CropResize.masks` resizes every pixel with F.interpolate.
+each blend is rounded as the kernel rounds it (one fused multiply-add). `CropResize.exact`
+checks this once per geometry and device on a random probe against F.interpolate; where it
+differs (another device or build), `CropResize.masks` resizes every pixel with F.interpolate.
 """
 
 from __future__ import annotations
