@@ -61,6 +61,19 @@ def test_resolve_brace_list_glob_and_directory(tmp_path: Path) -> None:
     assert resolve_urls("pipe:cat x.tar") == ["pipe:cat x.tar"]
 
 
+def test_resolve_names_local_shards_by_absolute_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Resume matches samples by (url, key): any spelling of a shard gives the same url."""
+    (tmp_path / "shards").mkdir()
+    urls, _ = write_image_shards(tmp_path / "shards", [1, 1])
+    monkeypatch.chdir(tmp_path)
+    assert resolve_urls("shards/") == urls
+    assert resolve_urls("./shards/../shards/shard-{000000..000001}.tar") == urls
+    monkeypatch.chdir(tmp_path / "shards")
+    assert resolve_urls(["shard-000001.tar", "shard-000000.tar"]) == urls[::-1]
+
+
 @pytest.mark.parametrize("pattern", ["missing-{0..2}.tar", "*.tar", "."])
 def test_resolve_no_match_raises(
     tmp_path: Path, pattern: str, monkeypatch: pytest.MonkeyPatch

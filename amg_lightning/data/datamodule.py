@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import glob
 import math
+import os
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,15 +53,21 @@ def resolve_urls(urls: str | Sequence[str]) -> list[str]:
 
 
 def _expand_local(url: str) -> list[str]:
-    """A directory's `*.tar` files, a glob's matches, an existing file, or a remote url."""
+    """A directory's `*.tar` files, a glob's matches, an existing file, or a remote url.
+
+    Local shards are named by their absolute path: a sample's identity is (url, key), so a
+    resume that spells the paths otherwise (relative, from another directory) still finds them.
+    """
     if is_remote(url):
         return [url]
     path = Path(url)
     if path.is_dir():
-        return sorted(str(tar) for tar in path.glob("*.tar"))
-    if glob.has_magic(url):
-        return sorted(glob.glob(url))
-    return [url] if path.is_file() else []
+        tars = path.glob("*.tar")
+    elif glob.has_magic(url):
+        tars = map(Path, glob.glob(url))
+    else:
+        tars = [path] if path.is_file() else []
+    return sorted(os.path.abspath(tar) for tar in tars)
 
 
 @dataclass(frozen=True)
