@@ -90,6 +90,17 @@ def test_tiled_masks_equal_dense_masks_at_other_cutoffs(threshold, offset):
     assert_tiled_equals_dense(resize, crafted_maps(resize.low_res_shape), threshold, offset)
 
 
+def test_tiled_masks_read_a_view_of_a_larger_map():
+    """The generator's maps are views into the upscaler's output: only the values count."""
+    resize = crop_resize(256, 1024, (684, 1024), (534, 800))
+    rows, cols = resize.low_res_shape
+    larger = torch.full((10, rows + 5, cols + 7), 99.0)
+    larger[:, :rows, :cols] = crafted_maps((rows, cols))
+    view = larger[:, :rows, :cols]
+    assert not view.is_contiguous()
+    assert_tiled_equals_dense(resize, view, 0.0, 1.0)
+
+
 @pytest.mark.slow
 def test_tiled_masks_equal_dense_masks_on_real_logits(mobile_sam, random_image):
     """The real decoder's low-res logits, resized for a crop twice the encoder's size."""

@@ -269,9 +269,10 @@ class CropResize:
         rows, cols = self.rows, self.cols
         i, j = tiles[:, 1], tiles[:, 2]
         row_reads, col_reads = rows.low_reads[i], cols.low_reads[j]
-        mask_stride, row_stride, col_stride = low_res.stride()
-        flat = tiles[:, 0, None] * mask_stride + row_reads * row_stride  # B x S rows
-        block = low_res.take(flat[:, :, None] + col_reads[:, None, :] * col_stride)  # B x S x S'
+        height, width = low_res.shape[1:]
+        # Flat indices in take's order (the logical one, whatever the layout).
+        flat = (tiles[:, 0, None] * height + row_reads) * width
+        block = low_res.take(flat[:, :, None] + col_reads[:, None, :])  # B x row x column span
         mid = _resize_block(block, rows.read_sources.take(i), cols.read_sources.take(j))
         return _resize_block(mid, rows.sources.take(i), cols.sources.take(j))
 
