@@ -117,7 +117,8 @@ def _add_and_norm(out: Tensor, base: Tensor, probs_t: Tensor, u: Tensor, norm: n
     the CPU's caches when it is normalised: a third less time than a pass over the whole
     batch for the sum, another for the norm and a copy back. The values are the same.
     """
-    step = max(1, _ADD_AND_NORM_SLICE_BYTES // (out[0].numel() * out.element_size()))
+    slice_bytes = _slice_bytes(_ADD_AND_NORM_SLICE_BYTES, out.device)
+    step = max(1, slice_bytes // (out[0].numel() * out.element_size()))
     for start in range(0, len(out), step):
         part = slice(start, start + step)
         summed = torch.baddbmm(base if len(base) == 1 else base[part], probs_t[part], u[part])
@@ -126,6 +127,12 @@ def _add_and_norm(out: Tensor, base: Tensor, probs_t: Tensor, u: Tensor, norm: n
 
 
 _ADD_AND_NORM_SLICE_BYTES = 8 * 2**20
+
+
+def _slice_bytes(cpu_bytes: int, device: torch.device) -> int:
+    """Work per slice: `cpu_bytes` on the CPU, sized to stay in its caches between steps;
+    32 times that elsewhere (CUDA), where small slices would only add kernel launches."""
+    return cpu_bytes if device.type == "cpu" else 32 * cpu_bytes
 
 
 class PointDecoder(nn.Module):
@@ -330,7 +337,8 @@ class PointDecoder(nn.Module):
         hyper = torch.stack([mlps[i + 1](mask_tokens[:, i]) for i in range(3)], dim=1)  # P x 3 x c2
         ws = self.workspace
         out = ws.get("low_res", (len(prompts), 3, 4 * h, 4 * w), w1)
-        step = max(1, _UPSCALE_CHUNK_BYTES // (h * w * 16 * c2 * w1.element_size()))
+        slice_bytes = _slice_bytes(_UPSCALE_CHUNK_BYTES, keys.device)
+        step = max(1, slice_bytes // (h * w * 16 * c2 * w1.element_size()))
         for start in range(0, len(prompts), step):
             index = prompts[start : start + step]
             n = len(index)
