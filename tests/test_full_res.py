@@ -91,7 +91,7 @@ def test_tiled_masks_equal_dense_masks_at_other_cutoffs(threshold, offset):
 
 
 def test_tiled_masks_read_a_view_of_a_larger_map():
-    """The generator's maps are views into the upscaler's output: only the values count."""
+    """A view into a larger map (not contiguous) gives the masks of its values."""
     resize = crop_resize(256, 1024, (684, 1024), (534, 800))
     rows, cols = resize.low_res_shape
     larger = torch.full((10, rows + 5, cols + 7), 99.0)

@@ -118,13 +118,13 @@ def _resize_block(block: Tensor, rows: Axis, cols: Axis) -> Tensor:
 class Tiles:
     """One crop axis cut into tiles of `_TILE` pixels; the last tile repeats its last pixel.
 
-    Each tile reads a span of input-sized logits (`reads`), and those a span of low-res ones
+    Each tile reads a span of S input-sized logits, and those a span of S' low-res ones
     (`low_reads`). Source indices are relative to the start of the span they index.
     """
 
     pixels: Tensor  # tiles x TILE: crop pixel index
     valid: Tensor  # tiles x TILE: False where a pixel repeats
-    sources: Axis  # tiles x TILE: each pixel's sources in `reads`, and their weights
+    sources: Axis  # tiles x TILE: each pixel's sources in the input-sized span, and weights
     read_sources: Axis  # tiles x S: each read's sources in `low_reads`, and their weights
     low_reads: Tensor  # tiles x S': every low-res index the tile depends on (last one repeated)
 
@@ -177,12 +177,8 @@ class CropResize:
         self.rows = Tiles.of(first, rows, crop_size[0])
         self.cols = Tiles.of(first, cols, crop_size[1])
         self.tile_areas = self.rows.sizes[:, None] * self.cols.sizes[None, :]
-
-    @property
-    def low_res_shape(self) -> tuple[int, int]:
-        """The top-left rows x columns of the low-res map the crop depends on."""
-        first_resize = bilinear_axis(self.low_size, self.encoder_size)
-        return tuple(int(first_resize.second[side - 1]) + 1 for side in self.input_size)
+        # The top-left rows x columns of the low-res map the crop depends on.
+        self.low_res_shape = tuple(int(first.second[side - 1]) + 1 for side in input_size)
 
     def embedding_extent(self, upscale_factor: int) -> tuple[int, int]:
         """The top-left rows x columns of the embedding grid whose logits the crop depends on,

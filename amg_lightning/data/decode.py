@@ -39,7 +39,7 @@ def decode_image(data: bytes, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) 
             return _to_rgb(ImageOps.exif_transpose(image))
     except ImageTooLarge as error:
         raise ValueError(str(error)) from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+    except (OSError, SyntaxError, ValueError) as error:
         raise ValueError(f"cannot decode image: {error}") from error
 
 
