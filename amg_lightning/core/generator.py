@@ -36,13 +36,14 @@ log = logging.getLogger(__name__)
 class AutomaticMaskGenerator:
     """Drop-in for segment_anything's SamAutomaticMaskGenerator; same arguments and records.
 
-    `fast=True` runs the mask upscaler (half the decoder's work) in bfloat16 where the device
-    has native bfloat16 products (CUDA; CPUs with AVX512-BF16 or AMX; elsewhere it logs a
-    warning and stays in float32). The image encoder and the transformer, whose IoU
-    predictions decide which masks are kept, stay in float32, as do thresholds, stability
-    scores and NMS: masks differ slightly from the reference (`amg-bench` reports by how
-    much). With an `embedding_cache`, crop embeddings are looked up by `model_id`, image
-    and crop box before the encoder runs, so a threshold sweep encodes each crop once.
+    `fast=True` runs the image encoder (under autocast) and the mask upscaler in bfloat16
+    where the device has native bfloat16 products (CUDA; CPUs with AVX512-BF16 or AMX;
+    elsewhere it logs a warning and stays in float32). The transformer stays in float32: its
+    IoU predictions decide which masks are kept, and in bfloat16 they lose and swap masks.
+    Thresholds, stability scores and NMS stay in float32 too. Masks differ slightly from the
+    reference (`amg-bench` reports by how much). With an `embedding_cache`, crop embeddings
+    are looked up by `model_id`, precision, image and crop box before the encoder runs, so a
+    threshold sweep encodes each crop once.
     """
 
     def __init__(
@@ -133,8 +134,8 @@ class AutomaticMaskGenerator:
             if missing:
                 started = time.perf_counter()
                 batch = encoder_input(self.model, [crops[j] for j in missing])
-                with record_function("amg.image_encoder"):
-                    fresh = self.model.image_encoder(batch)
+                with record_function("amg.image_encoder"), self._encoder_precision():
+                    fresh = self.model.image_encoder(batch).float()
                 seconds = (time.perf_counter() - started) / len(missing)
                 for j, embedding in zip(missing, fresh.split(1), strict=True):
                     found[j] = embedding
@@ -142,10 +143,14 @@ class AutomaticMaskGenerator:
                         self.embedding_cache.put(keys[j], embedding, seconds)
             yield from (embedding.to(self.device) for embedding in found)
 
+    def _encoder_precision(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.fast)
+
     def _cache_key(self, image: np.ndarray, crop_box: list[int]) -> str | None:
         if self.embedding_cache is None:
             return None
-        return self.embedding_cache.key(self.model_id, image, crop_box)
+        precision = "bfloat16" if self.fast else "float32"
+        return self.embedding_cache.key(self.model_id, precision, image, crop_box)
 
     def _crop_masks(self, embedding: Tensor, frame: CropFrame, layer: int) -> MaskData:
         """Masks prompted by one crop's point grid, filtered and de-duplicated within the crop."""
