@@ -19,6 +19,7 @@ from amg_lightning.data import shards as make_shards
 from amg_lightning.results import export
 from amg_lightning.results.export import METADATA_HEADER
 from amg_lightning.results.shards import iter_results
+from amg_lightning.run import ids
 
 
 def exit_code(script: ModuleType, *args: str) -> int:
@@ -133,12 +134,19 @@ def run_output(tmp_path: Path, masks: dict[str, list[np.ndarray]]) -> Path:
     out = tmp_path / "run"
     out.mkdir()
     shard_keys = {"masks-r000-000000.tar": ["img0", "img2"], "masks-r001-000000.tar": ["img1"]}
-    for shard, keys in shard_keys.items():
+    for rank, (shard, keys) in enumerate(shard_keys.items()):
+        index = 0  # of the mask in its shard, over all its images
         with wds.TarWriter(str(out / shard)) as writer:
-            for key in keys:
+            for position, key in enumerate(keys):
                 height, width = masks[key][0].shape if masks[key] else (3, 3)
                 image = {"key": key, "url": "in.tar", "height": height, "width": width}
-                records = [annotation(m, 0.5 + i / 10) for i, m in enumerate(masks[key])]
+                image["image_id"] = ids.image_id(rank, 0, position)
+                records = []
+                for i, m in enumerate(masks[key]):
+                    records.append(
+                        {"id": ids.annotation_id(rank, 0, index), **annotation(m, 0.5 + i / 10)}
+                    )
+                    index += 1
                 writer.write({"__key__": key, "json": {"image": image, "annotations": records}})
     (out / "masks-r000-000001.tar.tmp").write_bytes(b"unfinished shards are not results")
     return out
@@ -162,6 +170,11 @@ def test_export_coco_round_trip(
     for ann in coco["annotations"]:
         assert ann["category_id"] == 1 and ann["score"] == ann["predicted_iou"]
         exported[image_keys[ann["image_id"]]].append(mask_utils.decode(ann["segmentation"]))
+    # The run's own ids, as in the shards, not a renumbering.
+    shard_ids = {r["image"]["key"]: r["image"]["image_id"] for r in iter_results(run_output)}
+    assert {key: image_id for image_id, key in image_keys.items()} == shard_ids
+    records = [a for r in iter_results(run_output) for a in r["annotations"]]
+    assert sorted(ann["id"] for ann in coco["annotations"]) == sorted(a["id"] for a in records)
     assert len({ann["id"] for ann in coco["annotations"]}) == 3
     for key, originals in masks.items():
         assert len(exported[key]) == len(originals)

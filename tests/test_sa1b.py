@@ -137,20 +137,22 @@ def assert_reads_back(annotation: dict[str, Any], height: int, width: int) -> No
     assert x >= 0 and y >= 0 and x + w <= width and y + h <= height
 
 
-def test_shards_without_ids_are_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize("form", ["--sa1b", "--coco"])
+def test_shards_without_ids_are_refused(tmp_path: Path, form: str) -> None:
     """Shards from before records had ids: one message, nothing half-written."""
     run = tmp_path / "old-run"
     run.mkdir()
     record = {"image": {"key": "a", "url": "in.tar", "height": 2, "width": 2}, "annotations": []}
     with wds.TarWriter(str(run / "masks-r000-000000.tar")) as shard:
         shard.write({"__key__": "a", "json": record})
+    target = tmp_path / "exported"
 
     with pytest.raises(SystemExit) as stopped:
-        export.main([str(run), "--sa1b", str(tmp_path / "sa1b")])
+        export.main([str(run), form, str(target)])
 
     assert "the record of 'a' has no image_id" in str(stopped.value.code)
     assert "predict them again" in str(stopped.value.code)
-    assert not list((tmp_path / "sa1b").iterdir())
+    assert not target.exists() or not list(target.iterdir())
 
 
 @pytest.mark.e2e

@@ -44,29 +44,41 @@ SA1B_ANNOTATION_FIELDS = (
 )
 
 
+class RecordWithoutIdsError(ValueError):
+    """A shard record without image_id, file_name and annotation ids."""
+
+
 def coco_results(results: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """A COCO results dict: images by key, one annotation per mask, scored by predicted IoU."""
+    """A COCO results dict: images by key, one annotation per mask, scored by predicted IoU.
+
+    Image and annotation ids are the run's own (as in the shards and the SA-1B export), so an
+    exported mask can be traced back to its record. Raises RecordWithoutIdsError for shards
+    written before records had ids.
+    """
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
-    for image_id, result in enumerate(results, start=1):
+    for result in results:
         image = result["image"]
+        if "image_id" not in image:
+            raise RecordWithoutIdsError(f"the record of {image['key']!r} has no image_id")
         images.append(
             {
-                "id": image_id,
+                "id": image["image_id"],
                 "file_name": image["key"],
                 "url": image["url"],
                 "height": image["height"],
                 "width": image["width"],
             }
         )
-        for record in result["annotations"]:
-            annotations.append(_coco_annotation(record, len(annotations) + 1, image_id))
+        annotations.extend(
+            _coco_annotation(record, image["image_id"]) for record in result["annotations"]
+        )
     return {"images": images, "annotations": annotations, "categories": [COCO_CATEGORY]}
 
 
-def _coco_annotation(record: dict[str, Any], annotation_id: int, image_id: int) -> dict[str, Any]:
+def _coco_annotation(record: dict[str, Any], image_id: int) -> dict[str, Any]:
     return {
-        "id": annotation_id,
+        "id": record["id"],
         "image_id": image_id,
         "category_id": COCO_CATEGORY["id"],
         "segmentation": record["segmentation"],
@@ -113,10 +125,6 @@ def _metadata_row(index: int, record: dict[str, Any]) -> str:
         *record["crop_box"],
     ]
     return ",".join(str(value) for value in values)
-
-
-class RecordWithoutIdsError(ValueError):
-    """A shard record without image_id, file_name and annotation ids."""
 
 
 def sa1b_record(result: dict[str, Any]) -> dict[str, Any]:
