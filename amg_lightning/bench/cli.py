@@ -46,7 +46,9 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
         "to every implementation in the run alike",
     )
     model.add_argument(
-        "--fast", action="store_true", help="also time our fast mode (bfloat16 upscaler)"
+        "--fast",
+        action="store_true",
+        help="also time our fast mode (bfloat16 encoder and upscaler)",
     )
     out = parser.add_argument_group("timing and output")
     out.add_argument("--rounds", type=int, default=3, help="timed rounds (default 3)")
