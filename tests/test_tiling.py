@@ -20,6 +20,7 @@ from PIL import Image
 from pycocotools import mask as coco_mask
 
 from amg_lightning import AmgSettings, AutomaticMaskGenerator
+from amg_lightning.bench.tiling_figure import tile_record
 from amg_lightning.core import rle
 from amg_lightning.core.tiling import (
     TileGrid,
@@ -102,27 +103,9 @@ def _tile_records(
             if not part.any():
                 continue
             ys, xs = np.nonzero(part)
-            records.append(
-                {
-                    "segmentation": rle.to_uncompressed(
-                        rle.encode_mask(part).counts[0], part.shape
-                    ),
-                    "area": int(part.sum()),
-                    "bbox": _bbox(part),
-                    "predicted_iou": 0.9,
-                    "stability_score": 0.95,
-                    "point_coords": [[float(xs[0]), float(ys[0])]],
-                    "crop_box": [0, 0, x1 - x0, y1 - y0],
-                }
-            )
+            records.append(tile_record(part, [float(xs[0]), float(ys[0])]))
         out.append((t, records))
     return out
-
-
-def _bbox(mask: np.ndarray) -> list[int]:
-    """XYWH as the generator's records give it (width and height one short)."""
-    ys, xs = np.nonzero(mask)
-    return [int(xs.min()), int(ys.min()), int(xs.max() - xs.min()), int(ys.max() - ys.min())]
 
 
 def _merged(objects, grid, grow=None) -> list[np.ndarray]:

@@ -59,27 +59,24 @@ def _pieces(objects: list[np.ndarray], grid: TileGrid) -> list[tuple[int, list[d
             part = (cv2.dilate(part, kernel) if grow > 0 else cv2.erode(part, kernel)) > 0
             if part.sum() < 50:
                 continue
-            records.append(
-                {
-                    "segmentation": rle.to_uncompressed(
-                        rle.encode_mask(part).counts[0], part.shape
-                    ),
-                    "area": int(part.sum()),
-                    "bbox": _bbox(part),
-                    "predicted_iou": 0.9,
-                    "stability_score": 0.95,
-                    "point_coords": [[0.0, 0.0]],
-                    "crop_box": [0, 0, x1 - x0, y1 - y0],
-                }
-            )
+            records.append(tile_record(part, [0.0, 0.0]))
         out.append((t, records))
     return out
 
 
-def _bbox(mask: np.ndarray) -> list[int]:
-    """XYWH as the generator's records give it (width and height one short)."""
-    ys, xs = np.nonzero(mask)
-    return [int(xs.min()), int(ys.min()), int(xs.max() - xs.min()), int(ys.max() - ys.min())]
+def tile_record(part: np.ndarray, point: list[float]) -> dict:
+    """A generator record (uncompressed RLE) for the crafted mask `part` of one tile."""
+    ys, xs = np.nonzero(part)
+    return {
+        "segmentation": rle.to_uncompressed(rle.encode_mask(part).counts[0], part.shape),
+        "area": int(part.sum()),
+        # XYWH as the generator's records give it (width and height one short).
+        "bbox": [int(xs.min()), int(ys.min()), int(xs.max() - xs.min()), int(ys.max() - ys.min())],
+        "predicted_iou": 0.9,
+        "stability_score": 0.95,
+        "point_coords": [point],
+        "crop_box": [0, 0, part.shape[1], part.shape[0]],
+    }
 
 
 def _frames(canvas: np.ndarray, grid: TileGrid) -> None:
