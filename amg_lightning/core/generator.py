@@ -59,7 +59,9 @@ class AutomaticMaskGenerator:
         self.fast = fast and _bfloat16_supported(self.device)
         if fast and not self.fast:
             log.warning("fast mode: no bfloat16 support on %s, running in float32", self.device)
-        self.decoder = PointDecoder(model, torch.bfloat16 if self.fast else torch.float32)
+        # What the encoder and the upscaler run in.
+        self.precision = torch.bfloat16 if self.fast else torch.float32
+        self.decoder = PointDecoder(model, self.precision)
         self.embedding_cache = embedding_cache
         self.model_id = model_id
         s = self.settings
@@ -144,12 +146,12 @@ class AutomaticMaskGenerator:
             yield from (embedding.to(self.device) for embedding in found)
 
     def _encoder_precision(self) -> torch.autocast:
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.fast)
+        return torch.autocast(self.device.type, dtype=self.precision, enabled=self.fast)
 
     def _cache_key(self, image: np.ndarray, crop_box: list[int]) -> str | None:
         if self.embedding_cache is None:
             return None
-        precision = "bfloat16" if self.fast else "float32"
+        precision = str(self.precision).removeprefix("torch.")
         return self.embedding_cache.key(self.model_id, precision, image, crop_box)
 
     def _crop_masks(self, embedding: Tensor, frame: CropFrame, layer: int) -> MaskData:

@@ -48,6 +48,13 @@ class RecordWithoutIdsError(ValueError):
     """A shard record without image_id, file_name and annotation ids."""
 
 
+def _image_id(image: dict[str, Any]) -> int:
+    """The record's image_id; RecordWithoutIdsError for shards written before records had ids."""
+    if "image_id" not in image:
+        raise RecordWithoutIdsError(f"the record of {image['key']!r} has no image_id")
+    return image["image_id"]
+
+
 def coco_results(results: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """A COCO results dict: images by key, one annotation per mask, scored by predicted IoU.
 
@@ -59,20 +66,17 @@ def coco_results(results: Iterable[dict[str, Any]]) -> dict[str, Any]:
     annotations: list[dict[str, Any]] = []
     for result in results:
         image = result["image"]
-        if "image_id" not in image:
-            raise RecordWithoutIdsError(f"the record of {image['key']!r} has no image_id")
+        image_id = _image_id(image)
         images.append(
             {
-                "id": image["image_id"],
+                "id": image_id,
                 "file_name": image["key"],
                 "url": image["url"],
                 "height": image["height"],
                 "width": image["width"],
             }
         )
-        annotations.extend(
-            _coco_annotation(record, image["image_id"]) for record in result["annotations"]
-        )
+        annotations.extend(_coco_annotation(record, image_id) for record in result["annotations"])
     return {"images": images, "annotations": annotations, "categories": [COCO_CATEGORY]}
 
 
@@ -133,8 +137,7 @@ def sa1b_record(result: dict[str, Any]) -> dict[str, Any]:
     Raises RecordWithoutIdsError for shards written before records had ids.
     """
     image = result["image"]
-    if "image_id" not in image:
-        raise RecordWithoutIdsError(f"the record of {image['key']!r} has no image_id")
+    _image_id(image)
     return {
         "image": {name: image[name] for name in SA1B_IMAGE_FIELDS},
         "annotations": [
