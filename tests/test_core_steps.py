@@ -56,6 +56,12 @@ def test_boxes_of_cropped_masks_match_reference(crop_box):
     assert boxes[0].tolist() == [x0, y0, x0, y0]  # empty, as the reference has it
 
 
+def test_rle_and_boxes_of_only_empty_masks():
+    encoded = rle.encode_in_image(torch.zeros(2, 5, 7, dtype=torch.bool), [3, 2, 10, 7], (9, 12))
+    assert [c.tolist() for c in encoded.counts] == [[9 * 12], [9 * 12]]
+    assert encoded.boxes.tolist() == [[3, 2, 3, 2], [3, 2, 3, 2]]
+
+
 def test_near_crop_edge_matches_reference():
     boxes = torch.tensor([[0, 0, 10, 10], [5, 5, 100, 60], [30, 30, 40, 40], [0, 50, 199, 99]])
     crop = [20, 0, 220, 100]

@@ -48,10 +48,7 @@ def encode_changes(
     x0, y0 = crop_box[0], crop_box[1]
     if count == 0:
         return Encoded(counts=[], boxes=np.zeros((0, 4), dtype=np.int64))
-    # Column-major order within each mask, as COCO counts: then each column's changes
-    # alternate start, end, so even entries start runs and odd entries end them.
-    order = np.lexsort((row, column, mask_index))
-    mask_index, row, column = mask_index[order], row[order], column[order]
+    mask_index, row, column = _column_major(mask_index, row, column)
     boxes = _boxes(count, mask_index[0::2], column[0::2], row[0::2], row[1::2] - 1)
     positions = (x0 + column) * height + y0 + row
     # A run that reaches a column's last image row and goes on at the next column's first
@@ -63,6 +60,21 @@ def encode_changes(
     per_mask = np.split(positions, np.cumsum(np.bincount(mask_index, minlength=count))[:-1])
     counts = [_counts_from_changes(p, height * width) for p in per_mask]
     return Encoded(counts=counts, boxes=boxes + np.array([x0, y0, x0, y0]))
+
+
+def _column_major(
+    mask_index: np.ndarray, row: np.ndarray, column: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The changes sorted by mask, then column, then row: COCO's order. Each column's changes
+    then alternate start, end, so even entries start runs and odd entries end them.
+
+    One int64 key per change sorts several times faster than a three-key lexsort.
+    """
+    rows, columns = int(row.max(initial=0)) + 1, int(column.max(initial=0)) + 1
+    key = np.sort((mask_index * columns + column) * rows + row)
+    mask_index, cell = np.divmod(key, columns * rows)
+    column, row = np.divmod(cell, rows)
+    return mask_index, row, column
 
 
 def _vertical_changes(masks: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
