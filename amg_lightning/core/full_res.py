@@ -349,10 +349,14 @@ class TiledMasks:
         last = torch.cat([background, last.flatten(2)[..., :width]], dim=1)
         # Edge e is crop row min(e * TILE, h).
         edge_mask, edge, edge_column = rle.true_indices(first ^ last)
-        # Inside resized tiles, below their first row; pixels past the crop change nothing.
-        inner = binary[:, 1:] ^ binary[:, :-1]
-        inner &= self.resize.rows.valid[i, 1:, None] & self.resize.cols.valid[j, None, :]
+        # Inside resized tiles, below their first row (XOR of bytes: several times faster than
+        # of booleans). Pixels past the crop are background: a column of them never changes,
+        # and a change into a row of them is dropped.
+        as_bytes = binary.view(torch.uint8)
+        inner = (as_bytes[:, 1:] ^ as_bytes[:, :-1]).view(torch.bool)
         tile, below_first, tile_column = rle.true_indices(inner)
+        in_crop = self.resize.rows.valid.numpy()[i.numpy()[tile], below_first + 1]
+        tile, below_first, tile_column = tile[in_crop], below_first[in_crop], tile_column[in_crop]
         inner_row = i.numpy()[tile] * _TILE + 1 + below_first
         return (
             np.concatenate([edge_mask, mask.numpy()[tile]]),
