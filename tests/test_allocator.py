@@ -40,3 +40,27 @@ def test_large_tensors_reuse_freed_memory_without_page_faults():
     kept = min(page_faults_of_steps("keep") for _ in range(3))
     assert default > 3 * 3 * 16384 / 2  # most of 9 x 64 MiB faulted in again, 4 KiB a time
     assert kept < default / 2
+
+
+TILES_PROBE = """
+import resource, torch
+from amg_lightning.core.full_res import CropResize
+resize = CropResize(256, 1024, (683, 1024), (1500, 2250))
+noise = torch.randn(8, *resize.low_res_shape, generator=torch.Generator().manual_seed(0)) * 3
+resize.tiled_masks(noise, 0.0, 1.0)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+masks = resize.tiled_masks(noise, 0.0, 1.0)
+print(len(masks.tiles), resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's page faults")
+def test_tiled_masks_reuse_their_memory_under_the_default_allocator():
+    """Under glibc's defaults, resizing 26k tiles faults in little more than the kept masks
+    (a quarter page per tile); steps whose temporaries glibc hands back would fault in
+    most of them again, step after step."""
+    done = subprocess.run([sys.executable, "-c", TILES_PROBE], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    tiles, faults = (int(word) for word in done.stdout.split()[-2:])
+    assert tiles > 20000  # noise: every tile is resized
+    assert faults < tiles / 2
