@@ -121,10 +121,10 @@ def _add_and_norm(out: Tensor, base: Tensor, probs_t: Tensor, u: Tensor, norm: n
     step = max(1, slice_bytes // (out[0].numel() * out.element_size()))
     for start in range(0, len(out), step):
         part = slice(start, start + step)
-        if len(base) == 1:
-            summed = torch.baddbmm(base, probs_t[part], u[part])
-        else:  # `base` is `out`: in place is a third faster than a product that copies it first
+        if base is out:  # in place: a third faster than a product that copies `out` first
             summed = out[part].baddbmm_(probs_t[part], u[part])
+        else:
+            summed = torch.baddbmm(base, probs_t[part], u[part])
         out[part] = F.layer_norm(summed, summed.shape[-1:], norm.weight, norm.bias, norm.eps)
     return out
 

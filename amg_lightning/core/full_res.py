@@ -352,12 +352,9 @@ class TiledMasks:
         last = torch.cat([background, last.flatten(2)[..., :width]], dim=1)
         # Edge e is crop row min(e * TILE, h).
         edge_mask, edge, edge_column = rle.true_indices(first ^ last)
-        # Inside resized tiles, below their first row (XOR of bytes: several times faster than
-        # of booleans). Pixels past the crop are background: a column of them never changes,
-        # and a change into a row of them is dropped.
-        as_bytes = binary.view(torch.uint8)
-        inner = (as_bytes[:, 1:] ^ as_bytes[:, :-1]).view(torch.bool)
-        tile, below_first, tile_column = rle.true_indices(inner)
+        # Inside resized tiles, below their first row. Pixels past the crop are background: a
+        # column of them never changes, and a change into a row of them is dropped.
+        tile, below_first, tile_column = rle.true_indices(rle.row_changes(binary))
         in_crop = self.resize.rows.valid.numpy()[i.numpy()[tile], below_first + 1]
         tile, below_first, tile_column = tile[in_crop], below_first[in_crop], tile_column[in_crop]
         inner_row = i.numpy()[tile] * _TILE + 1 + below_first

@@ -83,9 +83,16 @@ def _vertical_changes(masks: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray
     padded = F.pad(masks, (0, 0, 1, 1))
     if masks.device.type != "cpu":
         return tuple((padded[:, 1:] != padded[:, :-1]).nonzero().cpu().numpy().T)
-    # On the CPU, XOR of bytes is several times faster than comparing booleans.
-    as_bytes = padded.view(torch.uint8)
-    return true_indices((as_bytes[:, 1:] ^ as_bytes[:, :-1]).view(torch.bool))
+    return true_indices(row_changes(padded))
+
+
+def row_changes(masks: Tensor) -> Tensor:
+    """B x h x w booleans -> B x (h - 1) x w: True where a pixel differs from the one above.
+
+    XOR of the bytes: on the CPU several times faster than comparing booleans.
+    """
+    as_bytes = masks.view(torch.uint8)
+    return (as_bytes[:, 1:] ^ as_bytes[:, :-1]).view(torch.bool)
 
 
 def true_indices(x: Tensor) -> tuple[np.ndarray, ...]:
