@@ -264,6 +264,7 @@ def test_batches_sized_by_free_memory(tiny_sam):
         crops_per_pass,
         encoder_bytes_per_crop,
         free_bytes,
+        full_res_bytes,
         prompts_per_batch,
     )
 
@@ -274,3 +275,6 @@ def test_batches_sized_by_free_memory(tiny_sam):
     assert crops_per_pass(tiny_sam.image_encoder, cpu, 4) == 4  # a few MB fit many times
     assert crops_per_pass(tiny_sam.image_encoder, cpu, 1) == 1
     assert prompts_per_batch(4096, 256, cpu, 64) == 64  # the CPU keeps points_per_batch
+    # The CPU's full-resolution slices stay within glibc's reuse, whatever the setting allows.
+    assert full_res_bytes(cpu, 2**30) == 32 * 2**20
+    assert full_res_bytes(cpu, 2**20) == 2**20

@@ -29,6 +29,16 @@ def test_cuda_gives_the_cpu_masks(random_image):
     assert fast_parity(cpu, cuda).ok  # other kernels, other rounding: the fast tolerance
 
 
+def test_cuda_sizes_batches_by_free_memory():
+    from amg_lightning.core.memory import full_res_bytes, prompts_per_batch
+
+    cuda = torch.device("cuda")
+    # More prompts than the CPU's points_per_batch, and full-resolution slices up to the
+    # setting: one mask per slice made the GPU wait on the host.
+    assert prompts_per_batch(4096, 256, cuda, 64) > 64
+    assert full_res_bytes(cuda, 2**30) > 32 * 2**20
+
+
 def test_fast_mode_stays_close_to_exact(random_image):
     sam = build_sam("tiny").cuda()
     exact = AutomaticMaskGenerator(sam, **SETTINGS).generate(random_image)
@@ -39,13 +49,37 @@ def test_fast_mode_stays_close_to_exact(random_image):
     assert found.mean_iou >= 0.9
 
 
-def test_lightning_module_on_the_gpu(random_image):
+def test_lightning_predicts_shards_on_the_gpu(tmp_path, random_image):
+    """A real shard through the DataModule, the module on the GPU and the shard writer."""
+    import cv2
     import lightning as L
+    import webdataset as wds
 
+    from amg_lightning.data.datamodule import WebDatasetDataModule
+    from amg_lightning.results.shards import iter_results
     from amg_lightning.run.module import AmgModule
+    from amg_lightning.run.writer import RleShardWriter
 
+    png = cv2.imencode(".png", random_image[..., ::-1])[1].tobytes()
+    with wds.TarWriter(str(tmp_path / "in-000000.tar")) as shard:
+        for key in ("a", "b"):
+            shard.write({"__key__": key, "png": png})
+    out = tmp_path / "out"
+    trainer = L.Trainer(
+        accelerator="gpu",
+        devices=1,
+        callbacks=[RleShardWriter(str(out))],
+        logger=False,
+        enable_progress_bar=False,
+    )
     module = AmgModule("tiny", settings=SETTINGS)
-    batch = {"key": ["a"], "url": ["u"], "image": [torch.from_numpy(random_image)], "error": [None]}
-    trainer = L.Trainer(accelerator="gpu", devices=1, logger=False, enable_progress_bar=False)
-    (results,) = trainer.predict(module, [batch])
-    assert results[0]["error"] is None and len(results[0]["annotations"]) > 0
+    data = WebDatasetDataModule(str(tmp_path / "in-000000.tar"), batch_size=2)
+    trainer.predict(module, datamodule=data, return_predictions=False)
+
+    assert module.generator.device.type == "cuda"
+    expected = module.generator.generate(random_image)
+    assert len(expected) > 0
+    results = {r["image"]["key"]: r["annotations"] for r in iter_results(out)}
+    assert sorted(results) == ["a", "b"]
+    for records in results.values():
+        assert [r["segmentation"] for r in records] == [e["segmentation"] for e in expected]

@@ -26,7 +26,7 @@ from amg_lightning.core.full_res import CropResize, DenseMasks, TiledMasks, crop
 from amg_lightning.core.grids import crop_boxes, layer_point_grids
 from amg_lightning.core.image import check_image, encoder_input, resized_shape
 from amg_lightning.core.masks import CropFrame, MaskData
-from amg_lightning.core.memory import crops_per_pass, prompts_per_batch
+from amg_lightning.core.memory import crops_per_pass, full_res_bytes, prompts_per_batch
 from amg_lightning.core.regions import remove_small_regions
 from amg_lightning.core.settings import AmgSettings
 
@@ -226,12 +226,9 @@ class AutomaticMaskGenerator:
         return self.model.image_encoder.img_size
 
     def _chunks(self, count: int, bytes_per_mask: int) -> Iterator[slice]:
-        """Slices of masks whose full-resolution work fits in a few tens of MiB.
-
-        Small enough for glibc to reuse the memory from one slice to the next (it maps larger
-        blocks afresh each time), and never more than `upscale_budget_mb`.
-        """
-        budget = min(self.settings.upscale_budget_mb * 2**20, _FULL_RES_CHUNK_BYTES)
+        """Slices of masks whose full-resolution work fits `core.memory.full_res_bytes`:
+        a few tens of MiB on the CPU, more on CUDA, never more than `upscale_budget_mb`."""
+        budget = full_res_bytes(self.device, self.settings.upscale_budget_mb * 2**20)
         step = max(1, budget // bytes_per_mask)
         for start in range(0, count, step):
             yield slice(start, start + step)
@@ -310,10 +307,6 @@ class AutomaticMaskGenerator:
             "stability_score": masks.stability[i].item(),
             "crop_box": xyxy_to_xywh(masks.crop_boxes[i : i + 1])[0].tolist(),
         }
-
-
-# Full-resolution work per slice of masks (see `_chunks`).
-_FULL_RES_CHUNK_BYTES = 32 * 2**20
 
 
 def _bfloat16_supported(device: torch.device) -> bool:

@@ -9,6 +9,9 @@ from torch import nn
 
 # Share of the free memory one batch may take: the rest is for everything else in flight.
 _BUDGET_SHARE = 0.5
+# Full-resolution work per slice of masks on the CPU: small enough for glibc to reuse the
+# memory from one slice to the next (it maps larger blocks afresh each time).
+_CPU_FULL_RES_BYTES = 32 * 2**20
 # TinyViT (vit_t) has no global attention: on the CPU its peak grows by about 220 MB per
 # 1024² crop (266 MB for one, 906 MB for four).
 _WINDOWED_ENCODER_BYTES = 256 * 2**20
@@ -62,3 +65,15 @@ def prompts_per_batch(tokens: int, channels: int, device: torch.device, least: i
         return least
     fits = int(free * _BUDGET_SHARE) // (4 * tokens * channels * 4)
     return max(least, min(1024, fits))
+
+
+def full_res_bytes(device: torch.device, most: int) -> int:
+    """Bytes of full-resolution work per slice of masks, at most `most`.
+
+    The CPU keeps slices within glibc's reuse (`_CPU_FULL_RES_BYTES`). CUDA's caching allocator
+    reuses any size, and each slice costs a host round trip (RLE is written on the host), so
+    there a slice takes what half the free memory holds.
+    """
+    if device.type != "cuda":
+        return min(most, _CPU_FULL_RES_BYTES)
+    return max(1, min(most, int(free_bytes(device) * _BUDGET_SHARE)))
