@@ -81,5 +81,8 @@ def test_lightning_predicts_shards_on_the_gpu(tmp_path, random_image):
     assert len(expected) > 0
     results = {r["image"]["key"]: r["annotations"] for r in iter_results(out)}
     assert sorted(results) == ["a", "b"]
+    # The two images shared encoder passes, whose CUDA kernels may round otherwise than
+    # one image's: the fast tolerance, as against the CPU.
     for records in results.values():
-        assert [r["segmentation"] for r in records] == [e["segmentation"] for e in expected]
+        assert len(records) == len(expected)
+        assert fast_parity(expected, records).ok
