@@ -4,7 +4,6 @@ was killed and the run resumed. Thresholds are opened so each image has a hundre
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import signal
 import subprocess
@@ -12,13 +11,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-import webdataset as wds
-from PIL import Image
 
 from amg_lightning.results.run_folder import shard_paths
 from amg_lightning.results.shards import iter_results
+from tests.helpers.jpeg_shards import write_jpeg_shards
 from tests.helpers.predict import PREDICT, run_predict
 
 pytestmark = pytest.mark.e2e
@@ -29,24 +26,6 @@ DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
 # One thread per process: two ranks on two cores, and the same float sums in every run.
 ENV = {"OMP_NUM_THREADS": "1"}
 TIMEOUT_S = 300
-
-
-def jpeg(seed: int) -> bytes:
-    rng = np.random.default_rng(seed)
-    blobs = Image.fromarray(rng.integers(0, 255, size=(6, 8, 3), dtype=np.uint8))
-    data = io.BytesIO()
-    blobs.resize((128, 96), Image.BICUBIC).save(data, "JPEG")
-    return data.getvalue()
-
-
-def write_shards(folder: Path, count: int, per_shard: int = 4) -> list[str]:
-    folder.mkdir()
-    keys = [f"img{i:03d}" for i in range(count)]
-    for start in range(0, count, per_shard):
-        with wds.TarWriter(str(folder / f"in-{start // per_shard:06d}.tar")) as shard:
-            for i in range(start, min(start + per_shard, count)):
-                shard.write({"__key__": keys[i], "jpg": jpeg(i)})
-    return keys
 
 
 def by_key(output_dir: Path) -> dict[str, list[dict]]:
@@ -72,7 +51,7 @@ def run_ok(args: list[str], cwd: Path) -> None:
 def single_process(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """Shards of 16 images and the masks one process makes of them."""
     root = tmp_path_factory.mktemp("ddp_content")
-    keys = write_shards(root / "shards", 16)
+    keys = write_jpeg_shards(root / "shards", [4, 4, 4, 4], image_size=(128, 96))
     run_ok([*OPEN, f"data.urls={root / 'shards'}", f"output_dir={root / 'one'}"], root)
     masks = by_key(root / "one")
     assert sorted(masks) == keys

@@ -18,13 +18,16 @@ def blob_jpeg(seed: int, size: tuple[int, int] = (48, 40)) -> bytes:
     return data.getvalue()
 
 
-def write_jpeg_shards(folder: Path, sizes: list[int]) -> list[str]:
-    """Shards `in-000000.tar`, ... of `sizes[i]` images keyed `img000`, ...; returns the keys."""
+def write_jpeg_shards(
+    folder: Path, sizes: list[int], image_size: tuple[int, int] = (48, 40)
+) -> list[str]:
+    """Shards `in-000000.tar`, ... of `sizes[i]` images (W x H `image_size`) keyed `img000`,
+    ...; returns the keys."""
     folder.mkdir(parents=True, exist_ok=True)
     keys: list[str] = []
     for number, size in enumerate(sizes):
         with wds.TarWriter(str(folder / f"in-{number:06d}.tar")) as shard:
             for _ in range(size):
                 keys.append(f"img{len(keys):03d}")
-                shard.write({"__key__": keys[-1], "jpg": blob_jpeg(len(keys))})
+                shard.write({"__key__": keys[-1], "jpg": blob_jpeg(len(keys), image_size)})
     return keys
