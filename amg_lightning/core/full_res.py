@@ -355,12 +355,13 @@ class TiledMasks:
         # Inside resized tiles, below their first row. Pixels past the crop are background: a
         # column of them never changes, and a change into a row of them is dropped.
         tile, below_first, tile_column = rle.true_indices(rle.row_changes(binary))
-        in_crop = self.resize.rows.valid.numpy()[i.numpy()[tile], below_first + 1]
-        tile, below_first, tile_column = tile[in_crop], below_first[in_crop], tile_column[in_crop]
-        inner_row = i.numpy()[tile] * _TILE + 1 + below_first
+        tile_row = i.numpy()[tile]
+        in_crop = self.resize.rows.valid.numpy()[tile_row, below_first + 1]
+        tile, tile_row = tile[in_crop], tile_row[in_crop]
+        below_first, tile_column = below_first[in_crop], tile_column[in_crop]
         return (
             np.concatenate([edge_mask, mask.numpy()[tile]]),
-            np.concatenate([np.minimum(edge * _TILE, height), inner_row]),
+            np.concatenate([np.minimum(edge * _TILE, height), tile_row * _TILE + 1 + below_first]),
             np.concatenate([edge_column, j.numpy()[tile] * _TILE + tile_column]),
         )
 
