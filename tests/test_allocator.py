@@ -33,11 +33,16 @@ print(faults, mallinfo2().fordblks)
 """
 
 
+def probe_numbers(source: str, *args: str) -> list[int]:
+    """The numbers a probe prints last, run in a fresh Python process."""
+    done = subprocess.run([sys.executable, "-c", source, *args], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return [int(word) for word in done.stdout.splitlines()[-1].split()]
+
+
 def steps_in_fresh_process(mode: str) -> tuple[int, int]:
     """Page faults of three steps after a first, and the bytes glibc's heap holds free then."""
-    done = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    faults, free_heap = (int(word) for word in done.stdout.split()[-2:])
+    faults, free_heap = probe_numbers(PROBE, mode)
     return faults, free_heap
 
 
@@ -72,8 +77,6 @@ def test_tiled_masks_reuse_their_memory_under_the_default_allocator():
     """Under glibc's defaults, resizing 26k tiles faults in little more than the kept masks
     (a quarter page per tile); steps whose temporaries glibc hands back would fault in
     most of them again, step after step."""
-    done = subprocess.run([sys.executable, "-c", TILES_PROBE], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    tiles, faults = (int(word) for word in done.stdout.split()[-2:])
+    tiles, faults = probe_numbers(TILES_PROBE)
     assert tiles > 20000  # noise: every tile is resized
     assert faults < tiles / 2
