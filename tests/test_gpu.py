@@ -53,17 +53,15 @@ def test_lightning_predicts_shards_on_the_gpu(tmp_path, random_image):
     """A real shard through the DataModule, the module on the GPU and the shard writer."""
     import cv2
     import lightning as L
-    import webdataset as wds
 
     from amg_lightning.data.datamodule import WebDatasetDataModule
     from amg_lightning.results.shards import iter_results
     from amg_lightning.run.module import AmgModule
     from amg_lightning.run.writer import RleShardWriter
+    from tests.helpers.shards import write_tar
 
     png = cv2.imencode(".png", random_image[..., ::-1])[1].tobytes()
-    with wds.TarWriter(str(tmp_path / "in-000000.tar")) as shard:
-        for key in ("a", "b"):
-            shard.write({"__key__": key, "png": png})
+    write_tar(tmp_path / "in-000000.tar", [("a.png", png), ("b.png", png)])
     out = tmp_path / "out"
     trainer = L.Trainer(
         accelerator="gpu",
