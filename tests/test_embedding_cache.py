@@ -28,7 +28,7 @@ def _entry_bytes(tmp_path: Path) -> int:
 
 def test_round_trip_counts_hits_and_misses(tmp_path: Path) -> None:
     cache = EmbeddingCache(tmp_path, max_bytes=1 << 30)
-    key = cache.key("vit_t", "float32", IMAGE, BOX)
+    key = cache.key("vit_t", IMAGE, BOX)
     embedding = _embedding(1).half()
 
     assert cache.get(key) is None
@@ -88,27 +88,24 @@ def test_corrupt_entry_is_a_miss_and_removed(tmp_path: Path, content: bytes | No
     assert not path.exists()
 
 
-def test_keys_differ_by_model_precision_crop_pixels_and_shape() -> None:
-    key = EmbeddingCache.key("vit_t", "float32", IMAGE, BOX)
+def test_keys_differ_by_model_crop_pixels_and_shape() -> None:
+    key = EmbeddingCache.key("vit_t", IMAGE, BOX)
     changed = IMAGE.copy()
     changed[0, 0, 0] += 1
 
-    assert EmbeddingCache.key("vit_t", "float32", IMAGE.copy(), list(BOX)) == key
-    assert EmbeddingCache.key("vit_t", "float32", IMAGE, np.array(BOX)) == key
-    assert EmbeddingCache.key("vit_b", "float32", IMAGE, BOX) != key
-    assert EmbeddingCache.key("vit_t", "bfloat16", IMAGE, BOX) != key
-    assert EmbeddingCache.key("vit_t", "float32", IMAGE, [0, 0, 16, 24]) != key
-    assert EmbeddingCache.key("vit_t", "float32", changed, BOX) != key
-    assert EmbeddingCache.key("vit_t", "float32", IMAGE.reshape(32, 24, 3), BOX) != key
+    assert EmbeddingCache.key("vit_t", IMAGE.copy(), list(BOX)) == key
+    assert EmbeddingCache.key("vit_t", IMAGE, np.array(BOX)) == key
+    assert EmbeddingCache.key("vit_b", IMAGE, BOX) != key
+    assert EmbeddingCache.key("vit_t", IMAGE, [0, 0, 16, 24]) != key
+    assert EmbeddingCache.key("vit_t", changed, BOX) != key
+    assert EmbeddingCache.key("vit_t", IMAGE.reshape(32, 24, 3), BOX) != key
 
 
 def test_key_of_a_view_matches_its_copy() -> None:
     view = IMAGE[::2, ::-1]
 
     copy = view.copy()
-    assert EmbeddingCache.key("vit_t", "float32", view, BOX) == EmbeddingCache.key(
-        "vit_t", "float32", copy, BOX
-    )
+    assert EmbeddingCache.key("vit_t", view, BOX) == EmbeddingCache.key("vit_t", copy, BOX)
 
 
 def _hammer(directory: Path, max_bytes: int, worker: int) -> None:

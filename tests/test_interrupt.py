@@ -93,12 +93,15 @@ def test_signal_stops_cleanly_then_resume_does_the_rest(
 
 
 @pytest.mark.parametrize("to_group", [False, True], ids=["main-process", "process-group"])
-def test_ddp_sigterm_stops_both_ranks(
-    tmp_path: Path, inputs: tuple[Path, list[str]], to_group: bool
-) -> None:
+def test_ddp_sigterm_stops_both_ranks(tmp_path: Path, to_group: bool) -> None:
     """Lightning started rank 1: with the signal to the main process alone, rank 0 passes it
-    on; sent to the group, each rank gets its own (and ignores rank 0's repeat)."""
-    shards, keys = inputs
+    on; sent to the group, each rank gets its own (and ignores rank 0's repeat).
+
+    Each rank reads one shard of 150 images: when both have written their first 5, each has
+    seconds of work left even on a loaded machine, so the signal finds both still running.
+    """
+    shards = tmp_path / "shards"
+    keys = write_jpeg_shards(shards, [150, 150])
     out = tmp_path / "out"
     args = [*DDP, f"data.urls={shards}", f"output_dir={out}"]
     run = start(args, tmp_path)

@@ -16,7 +16,6 @@ import pytest
 from mobile_sam import SamAutomaticMaskGenerator
 
 from amg_lightning import AutomaticMaskGenerator
-from amg_lightning.bench.parity import FAST_MIN_MEAN_IOU, fast_parity
 from tests.helpers.images import read_photo
 from tests.helpers.parity import assert_same_records
 
@@ -62,17 +61,6 @@ def test_same_records_as_reference_on_a_photo_larger_than_the_encoder(mobile_sam
         image = cv2.resize(image, (1700, 1700), interpolation=cv2.INTER_CUBIC)
     reference, ours = reference_and_ours(mobile_sam, image, {"points_per_side": 6})
     assert_same_records(ours, reference)
-
-
-@pytest.mark.slow
-def test_fast_mode_keeps_the_masks(mobile_sam, images_dir):
-    image = case_photo(images_dir, "dog.jpg", "skimage:astronaut", max_side=640)
-    reference, fast = reference_and_ours(mobile_sam, image, {"points_per_side": 10}, fast=True)
-    found = fast_parity(reference, fast)
-    assert found.mean_iou >= FAST_MIN_MEAN_IOU, found
-    # With a few dozen masks one mask is already over 2%: allow one here; the benchmark
-    # checks the 2% at the default 32 x 32 points.
-    assert abs(found.n_ours - found.n_reference) <= 1, found
 
 
 @pytest.mark.slow

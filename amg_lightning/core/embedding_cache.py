@@ -22,7 +22,7 @@ SUFFIX = ".pt"
 
 
 class EmbeddingCache:
-    """Embeddings keyed by model, encoder precision, image content and crop box.
+    """Embeddings keyed by model, image content and crop box.
 
     `hits`/`misses` count lookups; `seconds_saved` adds up the encoder time each hit spared,
     as measured when the embedding was stored.
@@ -37,11 +37,10 @@ class EmbeddingCache:
         self.seconds_saved = 0.0
 
     @staticmethod
-    def key(model_id: str, precision: str, image: np.ndarray, crop_box: list[int]) -> str:
-        """sha256 over the model, the encoder's precision, the image's shape, dtype and
-        pixels, and the crop box."""
+    def key(model_id: str, image: np.ndarray, crop_box: list[int]) -> str:
+        """sha256 over the model, the image's shape, dtype and pixels, and the crop box."""
         box = [int(v) for v in crop_box]  # numpy integers would not serialise, nor hash alike
-        header = json.dumps([model_id, precision, list(image.shape), str(image.dtype), box])
+        header = json.dumps([model_id, list(image.shape), str(image.dtype), box])
         digest = hashlib.sha256(header.encode())
         digest.update(np.ascontiguousarray(image).data)
         return digest.hexdigest()

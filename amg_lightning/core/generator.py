@@ -36,14 +36,14 @@ log = logging.getLogger(__name__)
 class AutomaticMaskGenerator:
     """Drop-in for segment_anything's SamAutomaticMaskGenerator; same arguments and records.
 
-    `fast=True` runs the image encoder (under autocast) and the mask upscaler in bfloat16
-    where the device has native bfloat16 products (CUDA; CPUs with AVX512-BF16 or AMX;
-    elsewhere it logs a warning and stays in float32). The transformer stays in float32: its
-    IoU predictions decide which masks are kept, and in bfloat16 they lose and swap masks.
+    `fast=True` runs the mask upscaler in bfloat16 where the device has native bfloat16
+    products (CUDA; CPUs with AVX512-BF16 or AMX; elsewhere it logs a warning and stays in
+    float32). The image encoder and the transformer stay in float32: the embedding and the
+    tokens decide every predicted IoU, and in bfloat16 they move masks across the thresholds.
     Thresholds, stability scores and NMS stay in float32 too. Masks differ slightly from the
     reference (`amg-bench` reports by how much). With an `embedding_cache`, crop embeddings
-    are looked up by `model_id`, precision, image and crop box before the encoder runs, so a
-    threshold sweep encodes each crop once.
+    are looked up by `model_id`, image and crop box before the encoder runs, so a threshold
+    sweep, fast or exact, encodes each crop once.
     """
 
     def __init__(
@@ -59,9 +59,7 @@ class AutomaticMaskGenerator:
         self.fast = fast and _bfloat16_supported(self.device)
         if fast and not self.fast:
             log.warning("fast mode: no bfloat16 support on %s, running in float32", self.device)
-        # What the encoder and the upscaler run in.
-        self.precision = torch.bfloat16 if self.fast else torch.float32
-        self.decoder = PointDecoder(model, self.precision)
+        self.decoder = PointDecoder(model, torch.bfloat16 if self.fast else torch.float32)
         self.embedding_cache = embedding_cache
         self.model_id = model_id
         s = self.settings
@@ -136,7 +134,7 @@ class AutomaticMaskGenerator:
             if missing:
                 started = time.perf_counter()
                 batch = encoder_input(self.model, [crops[j] for j in missing])
-                with record_function("amg.image_encoder"), self._encoder_precision():
+                with record_function("amg.image_encoder"):
                     fresh = self.model.image_encoder(batch).float()
                 seconds = (time.perf_counter() - started) / len(missing)
                 for j, embedding in zip(missing, fresh.split(1), strict=True):
@@ -145,14 +143,10 @@ class AutomaticMaskGenerator:
                         self.embedding_cache.put(keys[j], embedding, seconds)
             yield from (embedding.to(self.device) for embedding in found)
 
-    def _encoder_precision(self) -> torch.autocast:
-        return torch.autocast(self.device.type, dtype=self.precision, enabled=self.fast)
-
     def _cache_key(self, image: np.ndarray, crop_box: list[int]) -> str | None:
         if self.embedding_cache is None:
             return None
-        precision = str(self.precision).removeprefix("torch.")
-        return self.embedding_cache.key(self.model_id, precision, image, crop_box)
+        return self.embedding_cache.key(self.model_id, image, crop_box)
 
     def _crop_masks(self, embedding: Tensor, frame: CropFrame, layer: int) -> MaskData:
         """Masks prompted by one crop's point grid, filtered and de-duplicated within the crop."""
