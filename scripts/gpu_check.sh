@@ -23,8 +23,8 @@ bench() {
 {
     echo "# GPU benchmark"
     echo
-    echo "Written by scripts/gpu_check.sh: amg-bench generate, exact and fast (bfloat16 encoder"
-    echo "and upscaler) mode against the reference in one process."
+    echo "Written by scripts/gpu_check.sh: amg-bench generate, exact and fast (bfloat16 mask"
+    echo "upscaler) mode against the reference in one process."
     echo
 } > docs/gpu.md
 bench --model-type vit_h --max-images 1 --pred-iou-thresh 0.5 --stability-score-thresh 0.8

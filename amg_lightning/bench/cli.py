@@ -48,7 +48,7 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument(
         "--fast",
         action="store_true",
-        help="also time our fast mode (bfloat16 encoder and upscaler)",
+        help="also time our fast mode (bfloat16 mask upscaler)",
     )
     out = parser.add_argument_group("timing and output")
     out.add_argument("--rounds", type=int, default=3, help="timed rounds (default 3)")
