@@ -55,7 +55,7 @@ def test_rows_have_timings_parity_and_memory(tmp_path):
     assert rows == json.loads(json.dumps(returned))
     assert [r["mode"] for r in rows] == ["reference", "ours", "ours_fast"]
     for row in rows:
-        assert row["kind"] == "generate"
+        assert row["kind"] == "generate" and row["baseline"] == "reference"
         assert row["model_type"] == "tiny"
         assert row["n_images"] == 1 and row["calls"] == 1
         assert row["settings"] == {
@@ -88,6 +88,23 @@ def test_rows_have_timings_parity_and_memory(tmp_path):
     cli.main([*argv, "--markdown", str(out_md)])
     markdown = out_md.read_text().splitlines()
     assert len(markdown) == 8 and sum(line.startswith("| date |") for line in markdown) == 1
+
+
+def test_against_exact_matches_fast_mode_to_the_exact_mode(tmp_path):
+    argv = ["generate", *TINY_SETTINGS, "--images", str(_test_image(tmp_path))]
+    rows = cli.run(
+        [*argv, "--resize-long-side", "128", "--rounds", "1", "--against", "exact", "--fast"]
+    )
+
+    assert [r["mode"] for r in rows] == ["ours", "ours_fast"]
+    exact, fast = rows
+    assert all(row["baseline"] == "ours" for row in rows)
+    assert exact["masks_per_image"] >= 1, "no masks: parity would be vacuous"
+    assert all(exact[name] is None for name in generate.PARITY_FIELDS)
+    assert fast["per_image"][0]["n_reference"] == exact["per_image"][0]["n_masks"]
+    assert 0.0 <= fast["mean_iou"] <= 1.0
+    with pytest.raises(SystemExit):  # nothing to compare without fast mode
+        cli.run([*argv, "--rounds", "1", "--against", "exact"])
 
 
 def test_pipeline_runs_the_console_script_and_reads_its_summary(tmp_path):

@@ -5,6 +5,7 @@ the first image, then per round and image the reference, ours and (with --fast) 
 one after another, so load from other work falls on all of them alike. Reported per mode:
 seconds per image, ratio to the reference, peak memory, and parity with the reference
 (`amg_lightning.bench.parity`: exact twins for the exact mode, matched IoU and counts for all).
+With `--against exact`, our exact mode takes the reference's place.
 """
 
 from __future__ import annotations
@@ -69,6 +70,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "report the seconds spent in each stage (the generator's amg.* profiler ranges)",
     )
     parser.add_argument(
+        "--against",
+        choices=("reference", "exact"),
+        default="reference",
+        help="what the other modes are timed and matched against: SAM's reference generator "
+        "(default), or our exact mode, whose records are the reference's (the exact rows show "
+        "it), to check fast mode on many images without the reference's minutes per image",
+    )
+    parser.add_argument(
         "--reference-rounds",
         type=int,
         help="timed rounds of the reference (default --rounds; 1 when it is slow)",
@@ -93,6 +102,8 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         parser.error("--reference-rounds must be in [1, --rounds]")
     if not args.images and args.synthetic_size is None:
         parser.error("give --images and/or --synthetic-size")
+    if args.against == "exact" and not args.fast:
+        parser.error("--against exact compares fast mode with exact mode: add --fast")
 
 
 def generator_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -103,7 +114,7 @@ def generator_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 @dataclass
 class Mode:
-    name: str  # reference | ours | ours_fast
+    name: str  # reference | ours | ours_fast; the first mode is what the others are matched to
     generate: Callable[[np.ndarray], list[dict]]
     rounds: int
     # The same generator with 2 points per side: a full warm-up of the reference would cost
@@ -129,18 +140,20 @@ def build_modes(model: torch.nn.Module, args: argparse.Namespace) -> list[Mode]:
     light = {**settings, "points_per_side": 2}
     modes = [
         Mode(
-            "reference",
-            SamAutomaticMaskGenerator(model, **settings).generate,
-            args.reference_rounds,
-            SamAutomaticMaskGenerator(model, **light).generate,
-        ),
-        Mode(
             "ours",
             AutomaticMaskGenerator(model, **settings).generate,
             args.rounds,
             AutomaticMaskGenerator(model, **light).generate,
         ),
     ]
+    if args.against == "reference":
+        reference = Mode(
+            "reference",
+            SamAutomaticMaskGenerator(model, **settings).generate,
+            args.reference_rounds,
+            SamAutomaticMaskGenerator(model, **light).generate,
+        )
+        modes.insert(0, reference)
     if args.fast:
         fast = AutomaticMaskGenerator(model, fast=True, **settings)
         fast_light = AutomaticMaskGenerator(model, fast=True, **light)
@@ -149,7 +162,7 @@ def build_modes(model: torch.nn.Module, args: argparse.Namespace) -> list[Mode]:
 
 
 def compare(reference: list[dict], ours: list[dict]) -> dict[str, Any]:
-    """Parity of one image's records with the reference's, as plain values."""
+    """Parity of one image's records with the reference's (or the baseline mode's)."""
     exact = parity.exact_parity(reference, ours)
     close = parity.fast_parity(reference, ours)
     return {
@@ -200,7 +213,7 @@ def run_rounds(images: list[Image], modes: list[Mode], args: argparse.Namespace)
                     ref_records = records
                     mode.per_image.append({"image": image.name, "n_masks": len(records)})
                     print(
-                        f"  {image.name}: reference {call.seconds:.3f} s, {len(records)} masks",
+                        f"  {image.name}: {mode.name} {call.seconds:.3f} s, {len(records)} masks",
                         flush=True,
                     )
                 else:
@@ -209,7 +222,7 @@ def run_rounds(images: list[Image], modes: list[Mode], args: argparse.Namespace)
                     mode.per_image.append({"image": image.name, **found})
                     print(
                         f"  {image.name}: {mode.name} {call.seconds:.3f} s, "
-                        f"{found['n_ours']} masks (reference {found['n_reference']}), "
+                        f"{found['n_ours']} masks ({reference.name} {found['n_reference']}), "
                         f"exact {found['exact_parity']}, mean IoU {found['mean_iou']:.4f}",
                         flush=True,
                     )
@@ -278,13 +291,14 @@ def run(args: argparse.Namespace, common: dict[str, Any]) -> list[dict[str, Any]
     )
     run_rounds(images, modes, args)
     if args.stages:
-        for mode in modes[1:]:
+        for mode in (m for m in modes if m.name != "reference"):
             mode.stages = stage_seconds(mode, images)
             split = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in mode.stages.items())
             print(f"{mode.name} stages per image: {split}", flush=True)
     common = {
         **common,
         "kind": "generate",
+        "baseline": modes[0].name,  # what speedup_vs_reference and parity are measured against
         "image_set": image_set_label(images),
         "images": [
             {"name": i.name, "height": i.pixels.shape[0], "width": i.pixels.shape[1]}
