@@ -40,8 +40,9 @@ class AutomaticMaskGenerator:
     products (CUDA; CPUs with AVX512-BF16 or AMX; elsewhere it logs a warning and stays in
     float32). The image encoder and the transformer stay in float32: the embedding and the
     tokens decide every predicted IoU, and in bfloat16 they move masks across the thresholds.
-    Thresholds, stability scores and NMS stay in float32 too. Masks differ slightly from the
-    reference (`amg-bench` reports by how much). With an `embedding_cache`, crop embeddings
+    Thresholds, stability scores and NMS stay in float32 too. Fast mode is not exact: the
+    bfloat16 logits move stability scores by up to about 0.02, so masks at the threshold can
+    cross it (`amg-bench` reports by how much). With an `embedding_cache`, crop embeddings
     are looked up by `model_id`, image and crop box before the encoder runs, so a threshold
     sweep, fast or exact, encodes each crop once.
     """
