@@ -45,8 +45,12 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     hw = rows[0]["hardware"]
     print()
     print(f"hardware: {hardware_label(hw)}; torch {hw['torch']}; commit {rows[0]['git_commit']}")
+    against = (
+        f"; speed-up and parity against {rows[0]['baseline']}" if "baseline" in rows[0] else ""
+    )
     print(
-        f"{rows[0]['kind']}: {rows[0]['model_type']} on {rows[0]['device']}; {rows[0]['image_set']}"
+        f"{rows[0]['kind']}: {rows[0]['model_type']} on {rows[0]['device']}; "
+        f"{rows[0]['image_set']}{against}"
     )
     for i, line in enumerate(cells):
         print(
