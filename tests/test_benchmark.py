@@ -167,8 +167,10 @@ def _record(mask: np.ndarray, iou: float, stability: float, point=(1.0, 2.0)) ->
     }
 
 
-def test_exact_parity_needs_identical_twins_and_scores_within_tolerance():
-    from amg_lightning.bench.parity import SCORE_TOLERANCE, exact_parity
+def test_exact_parity_allows_only_float_rounding():
+    """Identical twins in order, up to ROUNDING_PIXELS pixels at a cutoff per mask (and their
+    share of the stability score) and scores within SCORE_TOLERANCE."""
+    from amg_lightning.bench.parity import ROUNDING_PIXELS, SCORE_TOLERANCE, exact_parity
 
     a, b = np.zeros((20, 20), bool), np.zeros((20, 20), bool)
     a[:10], b[10:] = True, True
@@ -181,9 +183,18 @@ def test_exact_parity_needs_identical_twins_and_scores_within_tolerance():
     moved_point = [_record(a, 0.9, 0.95), _record(b, 0.8, 0.97, point=(1.0, 3.0))]
     assert exact_parity(reference, moved_point).n_twinned == 1
     b_pixel = b.copy()
-    b_pixel[0, 0] = True  # one pixel more
+    b_pixel[0, 0] = True  # one pixel more: rounding at the threshold, not an identical twin
     found = exact_parity(reference, [_record(a, 0.9, 0.95), _record(b_pixel, 0.8, 0.97)])
+    assert found.ok and found.n_twinned == 1
+    b_pixels = b.copy()
+    b_pixels[0, : ROUNDING_PIXELS + 1] = True  # more pixels than rounding moves
+    found = exact_parity(reference, [_record(a, 0.9, 0.95), _record(b_pixels, 0.8, 0.97)])
     assert not found.ok and found.n_twinned == 1
+    area = int(b.sum())  # each pixel at a stability cutoff moves the score by up to 1 / area
+    one_pixel = [_record(a, 0.9, 0.95), _record(b, 0.8, 0.97 + 1 / area)]
+    assert exact_parity(reference, one_pixel).ok
+    beyond = [_record(a, 0.9, 0.95), _record(b, 0.8, 0.97 + (ROUNDING_PIXELS + 1) / area)]
+    assert not exact_parity(reference, beyond).ok
     off_score = exact_parity(reference, [_record(a, 0.9 + 1e-4, 0.95), _record(b, 0.8, 0.97)])
     assert not off_score.ok and off_score.n_twinned == 2
     assert off_score.max_delta_predicted_iou == pytest.approx(1e-4)

@@ -9,7 +9,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import lightning
 import numpy as np
 import pytest
 import webdataset as wds
@@ -25,6 +24,7 @@ from amg_lightning.run.module import AmgModule
 from amg_lightning.run.writer import RleShardWriter
 from tests.helpers.jpeg_shards import blob_jpeg, write_jpeg_shards
 from tests.helpers.predict import console_command, run_predict
+from tests.helpers.trainer import cpu_trainer
 
 # Every mask kept: the tiny random SAM's scores are low.
 SETTINGS = {"points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
@@ -44,13 +44,7 @@ SA1B_ANNOTATION = {
 
 
 def predict(urls: str | list[str], out: Path, skip_keys: Iterable[tuple[str, str]] = ()) -> None:
-    trainer = lightning.Trainer(
-        accelerator="cpu",
-        devices=1,
-        callbacks=[RleShardWriter(str(out), shard_size=2)],
-        logger=False,
-        enable_progress_bar=False,
-    )
+    trainer = cpu_trainer([RleShardWriter(str(out), shard_size=2)])
     data = WebDatasetDataModule(urls, batch_size=2, skip_keys=set(skip_keys))
     model = AmgModule(model_type="tiny", settings=SETTINGS)
     trainer.predict(model, datamodule=data, return_predictions=False)

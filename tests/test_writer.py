@@ -23,6 +23,7 @@ from amg_lightning.run.folder import completed_samples
 from amg_lightning.run.module import AmgModule
 from amg_lightning.run.stopping import StopOnSignal
 from amg_lightning.run.writer import RleShardWriter
+from tests.helpers.trainer import cpu_trainer
 
 
 def coco_rle_record(mask: np.ndarray) -> dict[str, Any]:
@@ -103,9 +104,7 @@ def predict(
     fail_at_batch: int | None = None,
     skip_keys: set[tuple[str, str]] | frozenset[tuple[str, str]] = frozenset(),
 ) -> None:
-    trainer = lightning.Trainer(
-        accelerator="cpu", devices=1, callbacks=[writer], logger=False, enable_progress_bar=False
-    )
+    trainer = cpu_trainer([writer])
     data = WebDatasetDataModule(urls, batch_size=2, skip_keys=skip_keys)
     trainer.predict(ThresholdModule(fail_at_batch), datamodule=data, return_predictions=False)
 
@@ -237,13 +236,7 @@ def test_tiny_sam_end_to_end_writes_every_key_once(
         writer.write({"__key__": "rgba", "png": encoded(rgba, "PNG", "RGBA")})
         writer.write({"__key__": "caption", "txt": b"no image in this sample"})
     out = tmp_path / "out"
-    trainer = lightning.Trainer(
-        accelerator="cpu",
-        devices=1,
-        callbacks=[RleShardWriter(str(out), shard_size=2)],
-        logger=False,
-        enable_progress_bar=False,
-    )
+    trainer = cpu_trainer([RleShardWriter(str(out), shard_size=2)])
     model = AmgModule(model_type="tiny", settings={"points_per_side": 4})
     data = WebDatasetDataModule(str(tmp_path / "in-{000000..000002}.tar"), batch_size=2)
     trainer.predict(model, datamodule=data, return_predictions=False)
@@ -284,13 +277,7 @@ def test_stop_signal_ends_prediction_at_a_batch_boundary(
     writer = RleShardWriter(str(out), shard_size=10, interrupted=lambda: stopper.signum is not None)
     before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     stopper.install()  # as the entry point does, before Lightning adds its own handlers
-    trainer = lightning.Trainer(
-        accelerator="cpu",
-        devices=1,
-        callbacks=[writer, stopper, SignalAtBatch(signum, at=1)],
-        logger=False,
-        enable_progress_bar=False,
-    )
+    trainer = cpu_trainer([writer, stopper, SignalAtBatch(signum, at=1)])
     data = WebDatasetDataModule(url, batch_size=2)
     trainer.predict(ThresholdModule(), datamodule=data, return_predictions=False)
     stopper.restore()

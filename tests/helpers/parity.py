@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from amg_lightning.bench.parity import SCORE_TOLERANCE, exact_differences
+from amg_lightning.bench.parity import ROUNDING_PIXELS, SCORE_TOLERANCE, exact_differences
 
 
 def assert_same_records(
     ours: list[dict[str, Any]],
     reference: list[dict[str, Any]],
     score_tol: float = SCORE_TOLERANCE,
-    pixel_tol: int = 0,
+    pixel_tol: int = ROUNDING_PIXELS,
 ) -> None:
     """Every reference record has its twin at the same index in `ours` (see exact_differences);
     the message lists every differing record."""
