@@ -55,8 +55,9 @@ def resolve_urls(urls: str | Sequence[str]) -> list[str]:
 def _expand_local(url: str) -> list[str]:
     """A directory's `*.tar` files, a glob's matches, an existing file, or a remote url.
 
-    Local shards are named by their absolute path: a sample's identity is (url, key), so a
-    resume that spells the paths otherwise (relative, from another directory) still finds them.
+    Local shards are named by their real path (symlinks and `..` resolved): a sample's identity
+    is (url, key), so a resume that spells the paths otherwise still finds them (run/inputs.py
+    also knows a shard reached through a bind mount or moved).
     """
     if is_remote(url):
         return [url]
@@ -67,7 +68,7 @@ def _expand_local(url: str) -> list[str]:
         tars = map(Path, glob.glob(url))
     else:
         tars = [path] if path.is_file() else []
-    return sorted(os.path.abspath(tar) for tar in tars)
+    return sorted(os.path.realpath(tar) for tar in tars)
 
 
 @dataclass(frozen=True)

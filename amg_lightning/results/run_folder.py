@@ -9,6 +9,7 @@ evaluation, sweep reports) takes its file names from here.
     counts-r{rank:03d}.json             a rank's counts, summed into the summary at the end
     summary.json                        totals, the resolved config, and scores
     run.json                            the mask settings and model every shard was made with
+    inputs.json                         the input shards read: size, mtime, device, inode (resume)
     run.lock                            held while a run writes into the folder
 """
 
@@ -22,6 +23,7 @@ from typing import Any
 
 SUMMARY_NAME = "summary.json"
 RUN_RECORD_NAME = "run.json"
+INPUTS_RECORD_NAME = "inputs.json"
 LOCK_NAME = "run.lock"
 SHARD_GLOB = "masks-r*.tar"
 UNFINISHED_SUFFIX = ".tmp"
@@ -32,7 +34,15 @@ _SHARD_NAME = re.compile(r"masks-r(\d{3,})-(\d{6,})\.tar")
 # The rank in the name of any per-rank file.
 RANK_FILE = re.compile(r"(?:masks|errors|counts)-r(\d+)")
 # Every file a run writes starts with one of these (temporaries of json files with a dot).
-_OUR_PREFIXES = ("masks-r", "errors-r", "counts-r", SUMMARY_NAME, RUN_RECORD_NAME, LOCK_NAME)
+_OUR_PREFIXES = (
+    "masks-r",
+    "errors-r",
+    "counts-r",
+    SUMMARY_NAME,
+    RUN_RECORD_NAME,
+    INPUTS_RECORD_NAME,
+    LOCK_NAME,
+)
 
 
 def shard_name(rank: int, number: int) -> str:
@@ -92,6 +102,10 @@ def summary_path(output_dir: str | Path) -> Path:
 
 def run_record_path(output_dir: str | Path) -> Path:
     return Path(output_dir) / RUN_RECORD_NAME
+
+
+def inputs_record_path(output_dir: str | Path) -> Path:
+    return Path(output_dir) / INPUTS_RECORD_NAME
 
 
 def lock_path(output_dir: str | Path) -> Path:

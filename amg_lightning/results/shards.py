@@ -8,13 +8,16 @@ safe names made from keys (`results/names.py`) and are never read back as keys.
 
 from __future__ import annotations
 
+import io
 import json
-from collections.abc import Iterable, Iterator
+import os
+import tarfile
+from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from amg_lightning.data.tar_reader import DamagedTar, tar_members
-from amg_lightning.results.run_folder import shard_paths
+from amg_lightning.results.run_folder import shard_paths, unfinished_path
 
 
 def shard_samples(path: Path) -> list[tuple[str, str]]:
@@ -51,3 +54,29 @@ def _result_shards(paths_or_dir: str | Path | Iterable[str | Path]) -> list[Path
         path = Path(paths_or_dir)
         return shard_paths(path) if path.is_dir() else [path]
     return [Path(path) for path in paths_or_dir]
+
+
+def drop_samples(path: Path, urls: Collection[str]) -> int:
+    """Rewrites one result shard without the samples of input shards `urls`; returns how many
+    it dropped. The other members keep their names and bytes; the new shard replaces the old
+    one by a rename, so a crash leaves one or the other, never a mix."""
+    with open(path, "rb") as stream:
+        members = [(m.name, m.data) for m in tar_members(stream)]
+    kept = [
+        (name, data)
+        for name, data in members
+        if not (name.endswith(".json") and json.loads(data)["image"]["url"] in urls)
+    ]
+    if len(kept) == len(members):
+        return 0
+    temporary = unfinished_path(path)  # cleared by the next resume if this one dies
+    with open(temporary, "wb") as stream:
+        with tarfile.open(fileobj=stream, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            for name, data in kept:
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        stream.flush()
+        os.fsync(stream.fileno())
+    temporary.replace(path)
+    return len(members) - len(kept)

@@ -97,7 +97,9 @@ def _predict(cfg: DictConfig, stopper: StopOnSignal) -> dict[str, Any] | None:
         raise ConfigError(f"{err.__cause__}; make shards with amg-shards") from None
     checkpoint = resolve_checkpoint(cfg.model.model_type, cfg.model.checkpoint)
     identity = run_identity(cfg, checkpoint)
-    folder = prepare_output_dir(output_dir, cfg.resume, identity)
+    folder = prepare_output_dir(
+        output_dir, cfg.resume, identity, datamodule.shard_urls, cfg.resume_changed_shards
+    )
     try:
         if folder.done:
             log.info(f"resuming: {len(folder.done)} images already done in {output_dir}")

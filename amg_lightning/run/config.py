@@ -16,6 +16,7 @@ from amg_lightning.core.models import MODEL_TYPES
 from amg_lightning.core.settings import SETTING_NAMES, AmgSettings
 from amg_lightning.data.count import is_count_mode
 from amg_lightning.results.run_folder import SHARD_OUTPUT_MODE
+from amg_lightning.run.inputs import CHANGED_SHARD_POLICIES
 
 
 def _config_dir() -> Path:
@@ -87,6 +88,11 @@ def check_config(cfg: DictConfig) -> None:
             "amg-export turns them into PNG masks or a COCO json"
         )
     _check_integer("shard_size", cfg.shard_size, 1)
+    if cfg.resume_changed_shards not in CHANGED_SHARD_POLICIES:
+        raise ConfigError(
+            f"resume_changed_shards must be {' or '.join(CHANGED_SHARD_POLICIES)}, "
+            f"got {cfg.resume_changed_shards!r}"
+        )
     if cfg.model.model_type not in MODEL_TYPES:
         raise ConfigError(
             f"model.model_type must be one of {', '.join(MODEL_TYPES)}, "

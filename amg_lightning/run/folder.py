@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,9 +25,10 @@ from amg_lightning.results.run_folder import (
     shard_paths,
     write_json_atomically,
 )
-from amg_lightning.results.shards import shard_samples
+from amg_lightning.results.shards import drop_samples, shard_samples
 from amg_lightning.run.checkpoints import checkpoint_sha256
 from amg_lightning.run.config import ConfigError
+from amg_lightning.run.inputs import ShardStamp, match_inputs, read_stamps, record_stamps, stamps
 from amg_lightning.run.lock import RunLock, check_same_run, refuse_if_in_use
 from amg_lightning.utils.logging import get_logger
 
@@ -59,26 +61,44 @@ def run_identity(cfg: DictConfig, checkpoint: Path | None) -> dict[str, Any]:
 
 @dataclass
 class PreparedFolder:
-    """The lock (rank 0 only) and the (url, key) of every sample complete shards hold."""
+    """The lock (rank 0 only), the (url, key) of every sample of this run's input shards that
+    complete shards hold, and the stamps of this run's local input shards."""
 
     lock: RunLock | None
     done: set[tuple[str, str]] = field(default_factory=set)
+    inputs: dict[str, ShardStamp] = field(default_factory=dict)
 
     def record_identity(self, identity: dict[str, Any]) -> None:
-        """Rank 0 writes run.json once the model has loaded (a failed start leaves no trace)."""
-        if self.lock is not None and not run_record_path(self.lock.path.parent).is_file():
-            write_json_atomically(run_record_path(self.lock.path.parent), identity)
+        """Rank 0 writes run.json and inputs.json once the model has loaded (a failed start
+        leaves no trace)."""
+        if self.lock is None:
+            return
+        output_dir = self.lock.path.parent
+        if not run_record_path(output_dir).is_file():
+            write_json_atomically(run_record_path(output_dir), identity)
+        record_stamps(output_dir, self.inputs)
 
     def release(self) -> None:
         if self.lock is not None:
             self.lock.release()
 
 
-def prepare_output_dir(output_dir: Path, resume: bool, identity: dict[str, Any]) -> PreparedFolder:
-    """Raises ConfigError (one line) for a folder this run must not write; see the module."""
+def prepare_output_dir(
+    output_dir: Path,
+    resume: bool,
+    identity: dict[str, Any],
+    urls: Sequence[str] = (),
+    changed_shards: str = "refuse",
+) -> PreparedFolder:
+    """Raises ConfigError (one line) for a folder this run must not write; see the module.
+
+    `urls` are this run's input shards; `changed_shards` says what a resume does with one that
+    changed since the folder's records were made from it: "refuse" or "redo" its samples.
+    """
     if not is_primary_process():
         check_same_run(output_dir)
-        return PreparedFolder(None, completed_samples(output_dir, move_damaged=False))
+        done = completed_samples(output_dir, move_damaged=False)
+        return _with_inputs(PreparedFolder(None), output_dir, done, urls, changed_shards)
     refuse_if_in_use(output_dir)
     ours = files_of_ours(output_dir)
     if ours and not resume:
@@ -94,10 +114,46 @@ def prepare_output_dir(output_dir: Path, resume: bool, identity: dict[str, Any])
     prepared = PreparedFolder(lock)
     try:
         check_identity(output_dir, identity)
-        prepared.done = completed_samples(output_dir, move_damaged=True)
+        done = completed_samples(output_dir, move_damaged=True)
+        return _with_inputs(prepared, output_dir, done, urls, changed_shards)
     except BaseException:
         prepared.release()
         raise
+
+
+def _with_inputs(
+    prepared: PreparedFolder,
+    output_dir: Path,
+    done: set[tuple[str, str]],
+    urls: Sequence[str],
+    changed_shards: str,
+) -> PreparedFolder:
+    """Fills in the done samples of this run's shards, however their paths are spelled now,
+    after refusing (or, with changed_shards="redo", dropping the records of) changed shards.
+    Samples of shards this run does not read are reported, not counted as done."""
+    prepared.inputs = stamps(urls)
+    match = match_inputs(read_stamps(output_dir), prepared.inputs)
+    if match.changed and changed_shards != "redo":
+        raise ConfigError(
+            f"input shard {match.changed[0]} changed since output_dir {output_dir} was made from "
+            f"it ({len(match.changed)} changed shard(s): size or modification time differ): "
+            "restore it, or pass resume_changed_shards=redo to segment its images again"
+        )
+    if match.changed and prepared.lock is not None:
+        recorded = {old for old, new in match.aliases.items() if new in match.changed}
+        dropped = sum(
+            drop_samples(path, {*match.changed, *recorded}) for path in shard_paths(output_dir)
+        )
+        log.warning(
+            f"{len(match.changed)} input shard(s) changed ({match.changed[0]}, ...): "
+            f"dropped their {dropped} old records, their images are done again"
+        )
+    prepared.done, vanished = match.translate(done, set(urls))
+    if vanished and prepared.lock is not None:
+        log.warning(
+            f"{len(vanished)} images in output_dir come from shards not in data.urls "
+            f"(e.g. {vanished[0][0]}): their records stay, they are not counted as done"
+        )
     return prepared
 
 
