@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -23,6 +24,7 @@ from amg_lightning.bench.machine import mb
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("shards", help="WebDataset shards (data.urls), a folder or brace pattern")
+    parser.add_argument("--num-workers", type=int, default=2, help="data.num_workers")
     settings = parser.add_argument_group("generator settings (default: the product's)")
     for name in SETTING_FLAGS:
         kind = float if name.endswith("thresh") else int
@@ -30,14 +32,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def predict_command(args: argparse.Namespace, output_dir: Path) -> list[str]:
-    """`amg-predict` (the console script beside this interpreter) with the run's overrides."""
+    """`amg-predict` (as a module of this interpreter: it runs from a checkout on PYTHONPATH
+    too) with the run's overrides."""
     command = [
-        str(Path(sys.executable).parent / "amg-predict"),
+        sys.executable,
+        "-m",
+        "amg_lightning.run.cli",
         f"data.urls={args.shards}",
         f"output_dir={output_dir / 'out'}",
         f"hydra.run.dir={output_dir / 'hydra'}",
         f"model={args.model_type}",
         f"trainer.accelerator={'gpu' if args.device == 'cuda' else 'cpu'}",
+        f"data.num_workers={args.num_workers}",
     ]
     if args.checkpoint:
         command.append(f"model.checkpoint={args.checkpoint.resolve()}")
@@ -57,11 +63,13 @@ def run(args: argparse.Namespace, common: dict[str, Any]) -> list[dict[str, Any]
         with tempfile.TemporaryDirectory(prefix="amg-bench-") as tmp:
             command = predict_command(args, Path(tmp))
             print("$ " + " ".join(command), flush=True)
-            done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=tmp)
+            with GpuBusy(args.device == "cuda") as busy:
+                done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=tmp)
             if done.returncode != 0:
                 tail = "\n".join((done.stdout + done.stderr).splitlines()[-30:])
                 raise SystemExit(f"error: amg-predict failed ({done.returncode}):\n{tail}")
             summary = json.loads((Path(tmp) / "out" / "summary.json").read_text())
+        summary["gpu_busy_fraction"] = busy.fraction
         runs.append(summary)
         print(
             f"round {round_index + 1}/{args.rounds}: {summary['images']} images in "
@@ -89,5 +97,30 @@ def run(args: argparse.Namespace, common: dict[str, Any]) -> list[dict[str, Any]
             "speedup_vs_reference": None,
             **dict.fromkeys(PARITY_FIELDS),
             "process_max_rss_mb": mb(child_rss),
+            "gpu_busy_fraction": [r["gpu_busy_fraction"] for r in runs],
         }
     ]
+
+
+class GpuBusy:
+    """The GPU's busy fraction while a block runs, from `nvidia-smi`'s utilisation sampled
+    every 100 ms (None without a GPU or nvidia-smi)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and shutil.which("nvidia-smi") is not None
+        self.fraction: float | None = None
+
+    def __enter__(self) -> GpuBusy:
+        if self.enabled:
+            query = ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"]
+            self._sampler = subprocess.Popen(
+                [*query, "-lms", "100"], stdout=subprocess.PIPE, text=True
+            )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.enabled:
+            return
+        self._sampler.terminate()
+        samples = [float(v) for v in self._sampler.communicate()[0].split() if v.strip()]
+        self.fraction = sum(samples) / len(samples) / 100 if samples else None

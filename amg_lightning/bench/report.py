@@ -69,9 +69,14 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 MARKDOWN_HEADER = (
     "| date | commit | hardware | device | model | images | settings | kind | mode | s/image "
     "| images/s | speed-up | exact | mean IoU | count Δ | max Δiou | max Δstab | RSS Δ MB "
-    "| CUDA MB |\n"
-    "|---|---|---|---|---|---|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|\n"
+    "| CUDA MB | GPU busy |\n"
+    "|---|---|---|---|---|---|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|\n"
 )
+
+
+def _mean(values: list[float | None] | None) -> float | None:
+    known = [v for v in values or [] if v is not None]
+    return sum(known) / len(known) if known else None
 
 
 def markdown_rows(rows: list[dict[str, Any]]) -> str:
@@ -100,6 +105,7 @@ def markdown_rows(rows: list[dict[str, Any]]) -> str:
             _fmt(row.get("max_delta_stability_score"), ".1e"),
             _fmt(row.get("peak_rss_delta_mb"), ".0f"),
             _fmt(row.get("cuda_max_allocated_mb"), ".0f"),
+            _fmt(_mean(row.get("gpu_busy_fraction")), ".0%"),
         ]
         lines.append("| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |\n")
     return "".join(lines)

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from amg_lightning.data.count import already_done, count_reader_samples, is_remote
 from amg_lightning.data.decode import DEFAULT_MAX_IMAGE_PIXELS
 from amg_lightning.data.samples import decode_sample, read_shard
-from amg_lightning.utils.signals import ignore_stop_signals
+from amg_lightning.utils.signals import end_workers_at_exit, ignore_stop_signals
 
 Batch = dict[str, list[Any]]
 BATCH_FIELDS = ("key", "url", "file_name", "image", "error")
@@ -181,6 +181,8 @@ class WebDatasetDataModule(lightning.LightningDataModule):
         return None if counts is None else sum(math.ceil(n / self.batch_size) for n in counts)
 
     def predict_dataloader(self) -> DataLoader:
+        if self.num_workers:
+            end_workers_at_exit()
         samples = ShardSamples(
             self.shard_urls, self.rank, self.world_size, self.skip_keys, self.max_image_pixels
         )

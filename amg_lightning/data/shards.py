@@ -107,3 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     images, shards = make_shards(args.source, args.output, args.maxcount)
     print(f"wrote {images} images in {shards} shards to {args.output}")
     return 0 if images else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

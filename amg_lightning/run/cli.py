@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import subprocess
@@ -19,7 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from amg_lightning.core.embedding_cache import EmbeddingCache
 from amg_lightning.core.models import CheckpointError
-from amg_lightning.results.run_folder import update_summary
+from amg_lightning.results.run_folder import shard_paths, update_summary
+from amg_lightning.results.shards import shard_samples
 from amg_lightning.run.checkpoints import resolve_checkpoint
 from amg_lightning.run.config import (
     CONFIG_DIR,
@@ -66,6 +68,39 @@ def main(cfg: DictConfig) -> None:
             handled = stopped.summary["images"] + stopped.summary["errors"]
             log.warning(f"interrupted after {handled} images; rerun with resume=true")
         sys.exit(stopped.exit_code)
+    except TooManyErrors as failed:
+        log.error(f"failed: {failed}")
+        sys.exit(1)
+    except Exception as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        # One line for the scheduler's log; the shards written so far are complete.
+        log.error(f"error: {_cause(err)}; {_images_written(cfg)}, resume=true continues")
+        sys.exit(1)
+
+
+class TooManyErrors(RuntimeError):
+    """More of the run's images failed than `max_error_fraction` allows (summary written)."""
+
+
+def _cause(err: BaseException) -> str:
+    """What went wrong, in one line: a full disk and a dead worker by name."""
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        return "output folder full"
+    text = " ".join(str(err).split()) or type(err).__name__
+    if "DataLoader worker" in text:
+        return f"a data-loading worker died ({text})"
+    return f"{type(err).__name__}: {text}"
+
+
+def _images_written(cfg: DictConfig) -> str:
+    """How many images the folder's complete shards hold, for the last line."""
+    try:
+        output_dir = Path(cfg.output_dir)
+        count = sum(len(shard_samples(path)) for path in shard_paths(output_dir))
+    except Exception:  # the line must come out, whatever state the folder is in
+        return "the shards written are complete"
+    return f"{count} images written"
 
 
 def _drop_advertisements(record: logging.LogRecord) -> bool:
@@ -181,7 +216,20 @@ def _finish_summary(
         f"in {summary['wall_seconds']:.1f} s ({summary['images_per_second']:.2f} images/s{scores}) "
         f"-> {output_dir}"
     )
+    _check_errors(summary, cfg.max_error_fraction, output_dir)
     return summary
+
+
+def _check_errors(summary: dict[str, Any], max_fraction: float, output_dir: Path) -> None:
+    """Raises TooManyErrors when more than `max_fraction` of this run's images failed."""
+    handled = summary["images"] + summary["errors"]
+    if handled and summary["errors"] / handled > max_fraction:
+        reason = (
+            f"{summary['errors']} of {handled} images could not be segmented, more than "
+            f"max_error_fraction={max_fraction}: see {output_dir}/errors-r*.jsonl"
+        )
+        update_summary(output_dir, failed=reason)
+        raise TooManyErrors(reason)
 
 
 def _sweep_job_needs_own_process(cfg: DictConfig) -> bool:
@@ -205,3 +253,7 @@ def _run_in_own_process() -> None:
     if finished.returncode != 0:
         # The job's own process has said what went wrong; end the same way, not with a traceback.
         sys.exit(finished.returncode)
+
+
+if __name__ == "__main__":
+    main()

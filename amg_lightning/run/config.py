@@ -88,6 +88,10 @@ def check_config(cfg: DictConfig) -> None:
             "amg-export turns them into PNG masks or a COCO json"
         )
     _check_integer("shard_size", cfg.shard_size, 1)
+    fraction = cfg.max_error_fraction
+    is_number = isinstance(fraction, (int, float)) and not isinstance(fraction, bool)
+    if not is_number or not 0 <= fraction <= 1:
+        raise ConfigError(f"max_error_fraction must be a number in [0, 1], got {fraction!r}")
     if cfg.resume_changed_shards not in CHANGED_SHARD_POLICIES:
         raise ConfigError(
             f"resume_changed_shards must be {' or '.join(CHANGED_SHARD_POLICIES)}, "

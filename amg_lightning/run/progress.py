@@ -53,3 +53,10 @@ class ThroughputProgressBar(TQDMProgressBar):
             refresh=False,
         )
         super().on_predict_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        # Closed now, so its last redraw comes before the line that says what went wrong.
+        if self._predict_progress_bar is not None:
+            self._predict_progress_bar.close()

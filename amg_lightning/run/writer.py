@@ -6,6 +6,7 @@ shard is always complete, whatever kills the run; `run.resume` reads them back.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -131,8 +132,11 @@ class RleShardWriter(BasePredictionWriter):
         pl_module: lightning.LightningModule,
         exception: BaseException,
     ) -> None:
-        # Images already written are complete records; keep them rather than redo them.
-        self._finish_shard()
+        # Images already written are complete records; keep them rather than redo them. A
+        # shard that cannot be finished (the folder is full) stays `*.tar.tmp`, redone on
+        # resume, and the run ends on the exception that came first.
+        with contextlib.suppress(OSError):
+            self._finish_shard()
 
     def _record(self, result: dict[str, Any]) -> dict[str, Any]:
         """The json an image's shard sample holds; `image` identifies it (url and key).
@@ -155,7 +159,12 @@ class RleShardWriter(BasePredictionWriter):
         # Keys are data: the member is named safely; the record's `image` keeps the real key.
         member = self._member_names.name_for(result["key"])
         sample = self._record(result)
-        self._shard.write({"__key__": member, "json": sample})
+        try:
+            self._shard.write({"__key__": member, "json": sample})
+        except BaseException:
+            # Part of a member may be on disk: this shard must never get its final name.
+            self._abandon_shard()
+            raise
         self._shard_masks += len(sample["annotations"])
         self._counts["images"] += 1
         self._counts["masks"] += len(sample["annotations"])
@@ -179,16 +188,33 @@ class RleShardWriter(BasePredictionWriter):
         self._shard_masks = 0
 
     def _finish_shard(self) -> None:
-        """Close the open shard, flush it to disk, and only then give it its final name."""
+        """Close the open shard, flush it to disk, and only then give it its final name.
+
+        A shard that fails on the way (a full disk) is abandoned as `*.tar.tmp`, never
+        renamed: a retry could flush what is left of its buffers and name a cut tar complete.
+        """
         if self._shard is None:
             return
-        self._shard.close()  # writes tar's end-of-archive blocks; the stream stays ours
-        self._stream.flush()
-        os.fsync(self._stream.fileno())
-        self._stream.close()
+        try:
+            self._shard.close()  # writes tar's end-of-archive blocks; the stream stays ours
+            self._stream.flush()
+            os.fsync(self._stream.fileno())
+            self._stream.close()
+        except BaseException:
+            self._abandon_shard()
+            raise
         unfinished_path(self._shard_path).replace(self._shard_path)
         _fsync_folder(self.output_dir)
         self._shard = self._stream = None
+
+    def _abandon_shard(self) -> None:
+        """Leaves the open shard as `*.tar.tmp` (a resume does its images again)."""
+        shard, stream = self._shard, self._stream
+        self._shard = self._stream = None
+        # webdataset's tar stream would otherwise flush its buffer when collected.
+        shard.tarstream.closed = shard.tarstream.fileobj.closed = True
+        with contextlib.suppress(OSError):
+            stream.close()
 
     def _write_summary(self, world_size: int) -> None:
         """Totals over this run's ranks, from the counts file each rank wrote."""

@@ -1,0 +1,105 @@
+"""Runs that fail end soon, with one line and a non-zero exit status, and lose nothing.
+
+`predict.py` in a subprocess over real shards, as a batch scheduler runs it: a folder that
+cannot be written mid-run (file size limit; a full tmpfs where one can be mounted) while
+DataLoader workers live, and a run whose every image failed.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from amg_lightning.results.shards import iter_results
+from tests.helpers.jpeg_shards import write_jpeg_shards
+from tests.helpers.predict import PREDICT, run_predict
+from tests.helpers.shards import write_tar
+
+pytestmark = pytest.mark.e2e
+
+FAST = ["model=tiny", "points_per_side=4", "pred_iou_thresh=0.0", "stability_score_thresh=0.0"]
+# A whole run here takes seconds; a hang at exit would take forever.
+TIMEOUT_S = 120
+
+
+def last_line(finished: subprocess.CompletedProcess) -> str:
+    """The log's last line (the progress bar's redraws, after a carriage return, left out)."""
+    return finished.stdout.replace("\r", "\n").strip().splitlines()[-1]
+
+
+def limit_file_size() -> None:
+    """In the child: a file cannot grow past 16 KiB (EFBIG; Python ignores SIGXFSZ)."""
+    resource.setrlimit(resource.RLIMIT_FSIZE, (16 * 1024, 16 * 1024))
+
+
+def test_a_write_error_while_workers_live_ends_the_run_with_one_line(tmp_path: Path) -> None:
+    keys = write_jpeg_shards(tmp_path / "shards", [16, 16])
+    out = tmp_path / "out"
+    args = [*FAST, f"data.urls={tmp_path / 'shards'}", f"output_dir={out}", "shard_size=100"]
+    args += ["data.num_workers=2"]
+    finished = subprocess.run(
+        [sys.executable, str(PREDICT), *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        preexec_fn=limit_file_size,
+    )
+    output = finished.stdout + finished.stderr
+    assert finished.returncode == 1, output
+    assert "Traceback" not in output
+    line = last_line(finished)
+    assert "error: OSError: [Errno 27] File too large" in line
+    written = sum(1 for _ in iter_results(out))
+    assert line.endswith(f"{written} images written, resume=true continues")
+    resumed = run_predict([*args, "resume=true"], tmp_path, TIMEOUT_S)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert sorted(r["image"]["key"] for r in iter_results(out)) == keys
+
+
+@pytest.fixture
+def full_folder(tmp_path: Path):
+    """A 192 KiB tmpfs: the output folder fills up after a few shards (needs root)."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=192k", "tmpfs", str(folder)])
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (not root)")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_full_disk_is_named_in_one_line(tmp_path: Path, full_folder: Path) -> None:
+    write_jpeg_shards(tmp_path / "shards", [60, 60], image_size=(96, 80))
+    args = [*FAST, f"data.urls={tmp_path / 'shards'}", f"output_dir={full_folder / 'out'}"]
+    finished = run_predict([*args, "shard_size=5", "data.num_workers=2"], tmp_path, TIMEOUT_S)
+    output = finished.stdout + finished.stderr
+    assert finished.returncode == 1, output
+    assert "Traceback" not in output
+    written = sum(1 for _ in iter_results(full_folder / "out"))  # every named shard is whole
+    assert "error: output folder full; " in last_line(finished)
+    assert last_line(finished).endswith(f"{written} images written, resume=true continues")
+
+
+def test_a_run_whose_every_image_failed_exits_non_zero(tmp_path: Path) -> None:
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    write_tar(shards / "bad.tar", [(f"b{i}.jpg", b"not an image") for i in range(3)])
+    out = tmp_path / "out"
+    args = [*FAST, f"data.urls={shards}", f"output_dir={out}", "data.num_workers=0"]
+    finished = run_predict(args, tmp_path, TIMEOUT_S)
+    assert finished.returncode == 1, finished.stdout + finished.stderr
+    line = last_line(finished)
+    assert "failed: 3 of 3 images could not be segmented, more than max_error_fraction=0.5" in line
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["errors"] == 3 and "more than max_error_fraction" in summary["failed"]
+
+    again = run_predict(
+        [*args, f"output_dir={tmp_path / 'out2'}", "max_error_fraction=1"], tmp_path, TIMEOUT_S
+    )
+    assert again.returncode == 0, again.stdout + again.stderr
