@@ -59,8 +59,11 @@ def generate(model, image, **settings) -> list[dict]:
     return AutomaticMaskGenerator(model, **{**OPEN, **settings}).generate(image)
 
 
-def test_open_settings_keep_every_mask_and_match_the_reference(sharp_sam, random_image):
-    ours = generate(sharp_sam, random_image)
+@pytest.mark.parametrize("postprocess", ["host", "device"])
+def test_open_settings_keep_every_mask_and_match_the_reference(
+    sharp_sam, random_image, postprocess
+):
+    ours = generate(sharp_sam, random_image, postprocess=postprocess)
     reference = SamAutomaticMaskGenerator(sharp_sam, **OPEN).generate(random_image)
     assert len(ours) == 6 * 6 * 3  # three masks per point, none removed
     assert len({r["segmentation"]["counts"] for r in ours}) == len(ours)
@@ -75,8 +78,11 @@ def test_open_settings_keep_every_mask_and_match_the_reference(sharp_sam, random
     ],
     ids=["small-regions", "crop-layer-and-thresholds"],
 )
-def test_each_setting_matches_the_reference_with_many_masks(sharp_sam, random_image, settings):
-    ours = generate(sharp_sam, random_image, **settings)
+@pytest.mark.parametrize("postprocess", ["host", "device"])
+def test_each_setting_matches_the_reference_with_many_masks(
+    sharp_sam, random_image, settings, postprocess
+):
+    ours = generate(sharp_sam, random_image, postprocess=postprocess, **settings)
     reference = SamAutomaticMaskGenerator(sharp_sam, **{**OPEN, **settings}).generate(random_image)
     assert len(reference) >= 20
     assert_same_records(ours, reference, score_tol=TINY_SCORE_TOL, pixel_tol=TINY_PIXEL_TOL)
