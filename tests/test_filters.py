@@ -160,7 +160,7 @@ def test_cross_crop_nms_prefers_the_smaller_crop(tiny_sam):
     ]
     crops = [whole, crop, whole, crop, crop]
     generator = AutomaticMaskGenerator(tiny_sam, crop_n_layers=1, output_mode="coco_rle")
-    records = generator._finish(mask_set(masks, crops, [0.99, 0.5, 0.9, 0.8, 0.7]), IMAGE_SIZE)
+    records = generator._finish([mask_set(masks, crops, [0.99, 0.5, 0.9, 0.8, 0.7])], IMAGE_SIZE)
     kept = [r["point_coords"][0] for r in records]
     points = mask_set(masks, crops, [0] * 5).points.tolist()
     assert points[0] not in kept and points[1] in kept
@@ -174,7 +174,7 @@ def test_cross_crop_nms_is_skipped_without_crop_layers(tiny_sam):
     whole = [0, 0, 160, 120]
     masks = [rectangle(10, 10, 40, 40), rectangle(11, 10, 40, 41)]
     generator = AutomaticMaskGenerator(tiny_sam, output_mode="coco_rle")
-    records = generator._finish(mask_set(masks, [whole, whole], [0.9, 0.8]), IMAGE_SIZE)
+    records = generator._finish([mask_set(masks, [whole, whole], [0.9, 0.8])], IMAGE_SIZE)
     assert len(records) == 2  # duplicates within a crop are removed earlier, per crop
 
 
@@ -195,7 +195,7 @@ def test_small_region_nms_prefers_masks_that_were_not_changed(tiny_sam):
     masks = small_region_masks()
     whole = [0, 0, 160, 120]
     generator = AutomaticMaskGenerator(tiny_sam, min_mask_region_area=20, output_mode="coco_rle")
-    records = generator._finish(mask_set(masks, [whole] * 4, [0.99, 0.5, 0.9, 0.8]), IMAGE_SIZE)
+    records = generator._finish([mask_set(masks, [whole] * 4, [0.99, 0.5, 0.9, 0.8])], IMAGE_SIZE)
     # Unchanged masks first (1 and 3), then the changed mask 2; 0 lost to its filled twin 1.
     assert [r["point_coords"][0] for r in records] == [[2.0, 3.0], [6.0, 7.0], [4.0, 5.0]]
     island_free = rectangle(80, 10, 130, 50)
@@ -208,7 +208,7 @@ def test_small_region_step_matches_the_reference(tiny_sam):
     whole = [0, 0, 160, 120]
     data = mask_set(masks, [whole] * 4, [0.99, 0.5, 0.9, 0.8])
     generator = AutomaticMaskGenerator(tiny_sam, min_mask_region_area=20, output_mode="coco_rle")
-    ours = generator._finish(data, IMAGE_SIZE)
+    ours = generator._finish([data], IMAGE_SIZE)
     reference = ref.MaskData(
         rles=[ref.mask_to_rle_pytorch(torch.from_numpy(m)[None])[0] for m in masks],
         boxes=data.boxes.float(),

@@ -1,0 +1,98 @@
+"""The device post-processing's steps (core/device_post.py) against the reference's own
+helpers and the host path, on crafted masks: boxes, filters, and run lengths in the image."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from pycocotools import mask as coco_mask
+from segment_anything.utils import amg as ref
+
+from amg_lightning import AutomaticMaskGenerator
+from amg_lightning.core import device_post, rle
+from amg_lightning.core.full_res import DenseMasks
+from amg_lightning.core.masks import CropFrame
+
+IMAGE_SIZE = (50, 70)  # height, width
+# Crops that span the image's height (runs go on across columns) and that do not.
+CROPS = {
+    "whole image": (0, 0, 70, 50),
+    "full height, right part": (30, 0, 70, 50),
+    "inner": (10, 5, 45, 40),
+    "bottom right": (35, 20, 70, 50),
+}
+
+
+def random_masks(crop: tuple[int, int, int, int], seed: int) -> torch.Tensor:
+    """Blobby masks in the crop, with an empty one, a full one, and ones touching each edge."""
+    x0, y0, x1, y1 = crop
+    generator = torch.Generator().manual_seed(seed)
+    masks = torch.rand(8, y1 - y0, x1 - x0, generator=generator) > 0.6
+    masks[0] = False
+    masks[1] = True
+    masks[2, -1, :] = True  # the last row: runs end at the crop's bottom
+    masks[3, 0, :] = True
+    return masks
+
+
+def frame_of(crop: tuple[int, int, int, int]) -> CropFrame:
+    return CropFrame(crop, IMAGE_SIZE, (64, 64))
+
+
+@pytest.mark.parametrize("crop", list(CROPS.values()), ids=list(CROPS))
+def test_run_lengths_are_cocos_in_the_image(crop):
+    masks = random_masks(crop, seed=sum(crop))
+    lengths, per_mask = device_post.run_lengths(masks, frame_of(crop))
+    uncropped = ref.uncrop_masks(masks, list(crop), *IMAGE_SIZE)
+    expected = ref.mask_to_rle_pytorch(uncropped)
+    starts = np.cumsum([0, *per_mask.tolist()])
+    for k, rle_ref in enumerate(expected):
+        counts = lengths[starts[k] : starts[k + 1]].numpy()
+        counts = counts[:-1] if counts[-1] == 0 else counts  # as to_host cuts them
+        assert counts.tolist() == rle_ref["counts"]
+        # The COCO string pycocotools writes from the reference's mask, byte for byte.
+        fortran = np.asfortranarray(uncropped[k].numpy().astype(np.uint8))
+        assert rle.to_coco(counts, IMAGE_SIZE)["counts"] == coco_mask.encode(fortran)[
+            "counts"
+        ].decode("ascii")
+
+
+def test_mask_boxes_are_the_references():
+    masks = random_masks(CROPS["inner"], seed=3)
+    masks[4] = False
+    masks[4, 7, 11] = True  # a single pixel
+    assert device_post.mask_boxes(masks).tolist() == ref.batched_mask_to_box(masks).tolist()
+
+
+def test_true_indices_keep_order():
+    flags = torch.tensor([False, True, True, False, True, False])
+    assert device_post.true_indices(flags, 3).tolist() == [1, 2, 4]
+
+
+@pytest.mark.parametrize("stability_thresh", [0.0, 0.4])
+def test_filter_step_keeps_what_the_host_step_keeps(tiny_sam, stability_thresh):
+    """Crafted crop-frame logits: interior, cut by an inner crop edge, at the image's edge,
+    unstable; the device step keeps the same masks with the same columns and RLEs."""
+    crop_box = (60, 40, 160, 120)  # right and bottom edges are the image's
+    logits = torch.full((5, 80, 100), -10.0)
+    logits[0, 30:50, 30:60] = 10  # interior: kept
+    logits[1, 0:30, 30:60] = 10  # touches the crop's top edge, inside the image: dropped
+    logits[2, 50:80, 70:100] = 10  # reaches the image's bottom-right corner: kept
+    logits[3, 30:50, 0:10] = 10  # touches the crop's left edge: dropped
+    logits[4, 30:50, 30:60] = 0.5  # unstable: dropped by a stability threshold
+    points = torch.tensor([[45.0, 40.0], [45.0, 15.0], [85.0, 65.0], [5.0, 40.0], [1.0, 2.0]])
+    iou_preds = torch.linspace(0.9, 0.99, 5)
+    frame = CropFrame(crop_box, (120, 160), (64, 80))
+    generator = AutomaticMaskGenerator(tiny_sam, stability_score_thresh=stability_thresh)
+    host = generator._filter_full_res(
+        DenseMasks(logits, 0.0, 1.0), iou_preds, points.double(), frame
+    )
+    on_device = device_post.filter_masks(
+        logits, 0.0, 1.0, stability_thresh, iou_preds, points.double(), frame
+    )
+    (ours,) = device_post.to_host([device_post.Survivors(on_device, frame)])
+    assert len(host) == (2 if stability_thresh else 3)
+    assert [c.tolist() for c in ours.rles] == [c.tolist() for c in host.rles]
+    for column in ("boxes", "iou_preds", "stability", "points", "crop_boxes"):
+        assert torch.equal(getattr(ours, column), getattr(host, column)), column
