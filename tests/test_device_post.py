@@ -11,6 +11,7 @@ from segment_anything.utils import amg as ref
 
 from amg_lightning import AutomaticMaskGenerator
 from amg_lightning.core import device_post, rle
+from amg_lightning.core.decoder import PointDecoder
 from amg_lightning.core.full_res import DenseMasks
 from amg_lightning.core.masks import CropFrame
 
@@ -96,3 +97,13 @@ def test_filter_step_keeps_what_the_host_step_keeps(tiny_sam, stability_thresh):
     assert [c.tolist() for c in ours.rles] == [c.tolist() for c in host.rles]
     for column in ("boxes", "iou_preds", "stability", "points", "crop_boxes"):
         assert torch.equal(getattr(ours, column), getattr(host, column)), column
+
+
+def test_point_embeddings_are_the_prompt_encoders(mobile_sam):
+    """The decoder embeds points without boolean indexing; bit for bit the prompt encoder's."""
+    decoder = PointDecoder(mobile_sam)
+    points = torch.rand(37, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    points *= 1024
+    labels = torch.ones(len(points), 1, dtype=torch.int)
+    expected, _ = mobile_sam.prompt_encoder(points=(points[:, None], labels), boxes=None, masks=None)
+    assert torch.equal(decoder._point_embeddings(points), expected)

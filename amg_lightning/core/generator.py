@@ -391,7 +391,7 @@ class AutomaticMaskGenerator:
             masks = self._remove_small_regions(
                 masks, image_size, max(s.box_nms_thresh, s.crop_nms_thresh)
             )
-        return [self._record(masks, i, image_size) for i in range(len(masks))]
+        return self._record_list(masks, image_size)
 
     def _remove_small_regions(
         self, masks: MaskData, image_size: tuple[int, int], nms_thresh: float
@@ -400,11 +400,9 @@ class AutomaticMaskGenerator:
         boxes = masks.boxes.clone()
         rles = list(masks.rles)
         unchanged = torch.ones(len(masks))
-        for i, counts in enumerate(masks.rles):
+        for i, (counts, box) in enumerate(zip(masks.rles, masks.boxes.tolist(), strict=True)):
             mask, changed = remove_small_regions(
-                rle.decode(counts, image_size),
-                boxes[i].tolist(),
-                self.settings.min_mask_region_area,
+                rle.decode(counts, image_size), box, self.settings.min_mask_region_area
             )
             if changed:
                 encoded = rle.encode_mask(mask)
@@ -414,17 +412,29 @@ class AutomaticMaskGenerator:
         masks = masks.with_columns(rles=rles, boxes=boxes)
         return masks.select(box_nms(boxes, unchanged, nms_thresh))
 
-    def _record(self, masks: MaskData, i: int, image_size: tuple[int, int]) -> dict[str, Any]:
-        counts = masks.rles[i]
-        return {
-            "segmentation": rle.to_output(counts, image_size, self.settings.output_mode),
-            "area": rle.area(counts),
-            "bbox": xyxy_to_xywh(masks.boxes[i : i + 1])[0].tolist(),
-            "predicted_iou": masks.iou_preds[i].item(),
-            "point_coords": [masks.points[i].tolist()],
-            "stability_score": masks.stability[i].item(),
-            "crop_box": xyxy_to_xywh(masks.crop_boxes[i : i + 1])[0].tolist(),
-        }
+    def _record_list(self, masks: MaskData, image_size: tuple[int, int]) -> list[dict[str, Any]]:
+        """The output records; each column is read into Python once, not once per record."""
+        columns = zip(
+            masks.rles,
+            xyxy_to_xywh(masks.boxes).tolist(),
+            masks.iou_preds.tolist(),
+            masks.points.tolist(),
+            masks.stability.tolist(),
+            xyxy_to_xywh(masks.crop_boxes).tolist(),
+            strict=True,
+        )
+        return [
+            {
+                "segmentation": rle.to_output(counts, image_size, self.settings.output_mode),
+                "area": rle.area(counts),
+                "bbox": box,
+                "predicted_iou": iou,
+                "point_coords": [point],
+                "stability_score": stability,
+                "crop_box": crop_box,
+            }
+            for counts, box, iou, point, stability, crop_box in columns
+        ]
 
 
 def _crop_preference(crop_boxes: Tensor) -> Tensor:
