@@ -105,5 +105,6 @@ def test_point_embeddings_are_the_prompt_encoders(mobile_sam):
     points = torch.rand(37, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     points *= 1024
     labels = torch.ones(len(points), 1, dtype=torch.int)
-    expected, _ = mobile_sam.prompt_encoder(points=(points[:, None], labels), boxes=None, masks=None)
+    prompts = (points[:, None], labels)
+    expected, _ = mobile_sam.prompt_encoder(points=prompts, boxes=None, masks=None)
     assert torch.equal(decoder._point_embeddings(points), expected)
