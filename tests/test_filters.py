@@ -21,7 +21,6 @@ from amg_lightning import AutomaticMaskGenerator
 from amg_lightning.core import rle
 from amg_lightning.core.full_res import DenseMasks
 from amg_lightning.core.masks import CropFrame, MaskData
-from amg_lightning.core.models import build_sam
 from tests.helpers.parity import assert_same_records
 
 OPEN = {
@@ -38,17 +37,6 @@ OPEN = {
 # both tolerances are far below the spread of the scores (0.5 to 0.95).
 TINY_SCORE_TOL = 1e-3
 TINY_PIXEL_TOL = 2
-
-
-@pytest.fixture(scope="module")
-def sharp_sam() -> torch.nn.Module:
-    """The tiny SAM with its mask logits scaled by 300: stabilities spread, masks differ."""
-    sam = build_sam("tiny")
-    with torch.no_grad():
-        for mlp in sam.mask_decoder.output_hypernetworks_mlps:
-            mlp.layers[-1].weight.mul_(300)
-            mlp.layers[-1].bias.mul_(300)
-    return sam
 
 
 def key(record: dict) -> tuple:
