@@ -89,8 +89,9 @@ def test_filter_step_keeps_what_the_host_step_keeps(tiny_sam, stability_thresh):
     host = generator._filter_full_res(
         DenseMasks(logits, 0.0, 1.0), iou_preds, points.double(), frame
     )
+    boxes = torch.tensor([crop_box, frame.image_box])
     on_device = device_post.filter_masks(
-        logits, 0.0, 1.0, stability_thresh, iou_preds, points.double(), frame
+        logits, 0.0, 1.0, stability_thresh, iou_preds, points.double(), boxes
     )
     (ours,) = device_post.to_host([device_post.Survivors(on_device, frame)])
     assert len(host) == (2 if stability_thresh else 3)

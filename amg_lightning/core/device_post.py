@@ -87,22 +87,23 @@ def filter_masks(
     stability_thresh: float,
     iou_preds: Tensor,
     points: Tensor,
-    frame: CropFrame,
+    boxes: Tensor,
 ) -> DeviceMasks:
     """The masks of K x h x w crop-sized logits that pass the stability and crop-edge filters,
-    compacted after one read of how many do."""
+    compacted after one read of how many do. `boxes` (2 x 4, on the device): the crop's and
+    the image's XYXY boxes; `points` are in the crop's frame."""
     stability = stability_score(logits, threshold, offset)
     binary = logits > threshold
-    x0, y0 = frame.box[:2]
-    shift = torch.tensor([x0, y0, x0, y0], device=binary.device)
-    boxes = mask_boxes(binary) + shift
-    keep = ~near_crop_edge(boxes, list(frame.box), frame.image_box)
+    crop_box, image_box = boxes
+    corner = crop_box[:2]
+    mask_box = mask_boxes(binary) + corner.repeat(2)
+    keep = ~near_crop_edge(mask_box, crop_box, image_box)
     if stability_thresh > 0:
         keep &= stability >= stability_thresh
     index = true_indices(keep, int(keep.sum()))
-    offset_points = points + torch.tensor([x0, y0], dtype=points.dtype, device=points.device)
+    image_points = points + corner.to(points.dtype)
     return DeviceMasks(
-        binary[index], boxes[index], iou_preds[index], stability[index], offset_points[index]
+        binary[index], mask_box[index], iou_preds[index], stability[index], image_points[index]
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -178,35 +178,53 @@ class AutomaticMaskGenerator:
         self, embedding: Tensor, frame: CropFrame, layer: int
     ) -> device_post.Survivors:
         """As `_crop_masks`, with the masks kept on the device (core/device_post.py)."""
-        crop_h, crop_w = frame.crop_size
+        (crop_h, crop_w), (input_h, input_w) = frame.crop_size, frame.input_size
         points = self.point_grids[layer] * np.array([crop_w, crop_h])[None]  # XY in the crop
+        scale = np.array([input_w / crop_w, input_h / crop_h])
+        # Copied to the device once per crop: on CUDA each copy from the host waits for it.
+        crop_points, model_points = torch.as_tensor(
+            np.stack([points, points * scale]), device=self.device
+        )
+        boxes = torch.tensor([frame.box, frame.image_box], device=self.device)
         ctx = self.decoder.prepare(embedding)
         step = prompts_per_batch(
             ctx.keys.shape[1], ctx.keys.shape[2], self.device, self.settings.points_per_batch
         )
-        parts = [
-            part
-            for start in range(0, len(points), step)
-            for part in self._decode_batch_on_device(ctx, points[start : start + step], frame)
-        ]
+        parts = []
+        for start in range(0, len(points), step):
+            batch = slice(start, start + step)
+            with record_function("amg.transformer"):
+                tokens = self.decoder.decode_tokens(ctx, model_points[batch])
+
+            def upscale(prompts: Tensor, extent: tuple[int, int], tokens=tokens) -> Tensor:
+                with record_function("amg.upscaler"):
+                    return self.decoder.upscale(ctx, tokens, prompts, extent)
+
+            parts += self.masks_on_device(
+                tokens.iou_preds.float(), upscale, crop_points[batch], frame, boxes
+            )
         if not parts:
             return device_post.Survivors(device_post.DeviceMasks.empty(frame, self.device), frame)
         masks = device_post.DeviceMasks.cat(parts)
         keep = box_nms(masks.boxes, masks.iou_preds, self.settings.box_nms_thresh)
         return device_post.Survivors(masks.select(keep), frame)
 
-    def _decode_batch_on_device(
-        self, ctx: ImageContext, points: np.ndarray, frame: CropFrame
+    def masks_on_device(
+        self,
+        iou_preds: Tensor,
+        upscale: Callable[[Tensor, tuple[int, int]], Tensor],
+        points: Tensor,
+        frame: CropFrame,
+        boxes: Tensor,
     ) -> list[device_post.DeviceMasks]:
-        """The masks of one batch of points that pass every per-mask filter, in parts, on
-        the device: one read of how many pass the IoU filter, one per part for the rest."""
+        """The masks of one decode batch that pass every per-mask filter, in parts, on the
+        device: one read of how many pass the IoU filter, one per part for the rest.
+
+        `iou_preds` (B x 3) and `points` (B x 2, crop frame) are the batch's; `upscale` gives
+        the low-res logits (P x 3 x h x w) of prompts at the given indices, at least their
+        top-left extent; `boxes` holds the crop's and the image's XYXY boxes on the device.
+        """
         s = self.settings
-        (crop_h, crop_w), (input_h, input_w) = frame.crop_size, frame.input_size
-        scale = np.array([input_w / crop_w, input_h / crop_h])
-        model_points = torch.as_tensor(points * scale, device=self.device)
-        with record_function("amg.transformer"):
-            tokens = self.decoder.decode_tokens(ctx, model_points)
-        iou_preds = tokens.iou_preds.float()
         passed = (
             iou_preds > s.pred_iou_thresh
             if s.pred_iou_thresh > 0
@@ -222,12 +240,9 @@ class AutomaticMaskGenerator:
         resize = crop_resize(
             self.decoder.low_res_size, self.encoder_size, frame.input_size, frame.crop_size
         )
-        with record_function("amg.upscaler"):
-            low_res = self.decoder.upscale(
-                ctx, tokens, prompts, resize.embedding_extent(self.decoder.upscale_factor)
-            )
+        low_res = upscale(prompts, resize.embedding_extent(self.decoder.upscale_factor))
         row_of_mask = (per_prompt.cumsum(0) - 1)[prompt_of_mask]  # the prompt's row in low_res
-        mask_points = torch.as_tensor(points, device=self.device)[prompt_of_mask]
+        mask_points = points[prompt_of_mask]
         mask_ious = iou_preds[prompt_of_mask, mask_of_prompt]
         budget = full_res_bytes(self.device, s.upscale_budget_mb * 2**20, host_path=False)
         parts = []
@@ -243,7 +258,7 @@ class AutomaticMaskGenerator:
                         s.stability_score_thresh,
                         mask_ious[chunk],
                         mask_points[chunk],
-                        frame,
+                        boxes,
                     )
                 )
         return parts
