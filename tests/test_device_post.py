@@ -6,14 +6,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from mobile_sam import SamAutomaticMaskGenerator
+from mobile_sam.utils import amg as ref
 from pycocotools import mask as coco_mask
-from segment_anything.utils import amg as ref
 
 from amg_lightning import AutomaticMaskGenerator
 from amg_lightning.core import device_post, rle
+from amg_lightning.core.boxes import box_nms
 from amg_lightning.core.decoder import PointDecoder
 from amg_lightning.core.full_res import DenseMasks
 from amg_lightning.core.masks import CropFrame
+from tests.helpers.images import read_photo
 
 IMAGE_SIZE = (50, 70)  # height, width
 # Crops that span the image's height (runs go on across columns) and that do not.
@@ -109,3 +112,54 @@ def test_point_embeddings_are_the_prompt_encoders(mobile_sam):
     prompts = (points[:, None], labels)
     expected, _ = mobile_sam.prompt_encoder(points=prompts, boxes=None, masks=None)
     assert torch.equal(decoder._point_embeddings(points), expected)
+
+
+def assert_reference_postprocessing(sam, image: np.ndarray, settings: dict, crop: int) -> None:
+    """The reference's own post-processing of one crop (through its per-crop NMS) and ours
+    on the same mask decoder outputs (captured from the reference's run) are bit-equal:
+    IoU filter, upscaling, stability, binarising, boxes, crop-edge filter, NMS and RLE."""
+    reference = SamAutomaticMaskGenerator(sam, **settings)
+    crops, layers = ref.generate_crop_boxes(
+        image.shape[:2], reference.crop_n_layers, reference.crop_overlap_ratio
+    )
+    box, layer = crops[crop], layers[crop]
+    captured = []
+    forward = sam.mask_decoder.forward
+
+    def capture(*args, **kwargs):
+        captured.append(forward(*args, **kwargs))
+        return captured[-1]
+
+    sam.mask_decoder.forward = capture
+    try:
+        expected = reference._process_crop(image, box, layer, image.shape[:2])
+    finally:
+        del sam.mask_decoder.forward
+    device = sam.pixel_mean.device
+    ours = AutomaticMaskGenerator(sam, postprocess="device", **settings)
+    frame = ours._frame(box, image.shape[:2])
+    crop_h, crop_w = frame.crop_size
+    points = torch.as_tensor(ours.point_grids[layer] * [crop_w, crop_h], device=device)
+    boxes = torch.tensor([frame.box, frame.image_box], device=device)
+    step = ours.settings.points_per_batch  # the reference's batches
+    parts = []
+    for k, (low_res, iou_preds) in enumerate(captured):
+        batch = slice(k * step, (k + 1) * step)
+        upscale = lambda prompts, extent, low_res=low_res: low_res[prompts]  # noqa: E731
+        parts += ours.masks_on_device(iou_preds, upscale, points[batch], frame, boxes)
+    masks = device_post.DeviceMasks.cat(parts)
+    keep = box_nms(masks.boxes, masks.iou_preds, ours.settings.box_nms_thresh)
+    (got,) = device_post.to_host([device_post.Survivors(masks.select(keep), frame)])
+    assert len(got) == len(expected["rles"]) >= 3
+    assert [c.tolist() for c in got.rles] == [r["counts"] for r in expected["rles"]]
+    assert torch.equal(got.boxes, expected["boxes"].cpu().long())
+    assert torch.equal(got.iou_preds, expected["iou_preds"].cpu())
+    assert torch.equal(got.stability, expected["stability_score"].cpu())
+    assert torch.equal(got.points, expected["points"].cpu().double())
+
+
+@pytest.mark.parametrize(("crop_n_layers", "crop"), [(0, 0), (1, 2)], ids=["image", "sub-crop"])
+def test_postprocessing_is_the_references_on_its_decoder_outputs(mobile_sam, crop_n_layers, crop):
+    image = read_photo("skimage:astronaut", None, max_side=256)
+    settings = {"points_per_side": 8, "crop_n_layers": crop_n_layers}
+    assert_reference_postprocessing(mobile_sam, image, settings, crop)
