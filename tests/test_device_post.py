@@ -69,6 +69,14 @@ def test_mask_boxes_are_the_references():
     assert device_post.mask_boxes(masks).tolist() == ref.batched_mask_to_box(masks).tolist()
 
 
+@pytest.mark.parametrize("width", [1, 8, 13])
+def test_packed_bits_unpack_to_the_masks(width):
+    masks = torch.rand(3, 5, width, generator=torch.Generator().manual_seed(width)) > 0.5
+    packed = device_post.pack_bits(masks)
+    assert packed.shape == (3, 5, -(-width // 8))
+    assert torch.equal(device_post.unpack_bits(packed, width), masks)
+
+
 def test_true_indices_keep_order():
     flags = torch.tensor([False, True, True, False, True, False])
     assert device_post.true_indices(flags, 3).tolist() == [1, 2, 4]
@@ -93,8 +101,12 @@ def test_filter_step_keeps_what_the_host_step_keeps(tiny_sam, stability_thresh):
         DenseMasks(logits, 0.0, 1.0), iou_preds, points.double(), frame
     )
     boxes = torch.tensor([crop_box, frame.image_box])
-    on_device = device_post.filter_masks(
-        logits, 0.0, 1.0, stability_thresh, iou_preds, points.double(), boxes
+    on_device = device_post.compact(
+        [
+            device_post.filter_masks(
+                logits, 0.0, 1.0, stability_thresh, iou_preds, points.double(), boxes
+            )
+        ]
     )
     (ours,) = device_post.to_host([device_post.Survivors(on_device, frame)])
     assert len(host) == (2 if stability_thresh else 3)
@@ -146,7 +158,8 @@ def assert_reference_postprocessing(sam, image: np.ndarray, settings: dict, crop
     for k, (low_res, iou_preds) in enumerate(captured):
         batch = slice(k * step, (k + 1) * step)
         upscale = lambda prompts, extent, low_res=low_res: low_res[prompts]  # noqa: E731
-        parts += ours.masks_on_device(iou_preds, upscale, points[batch], frame, boxes)
+        masks = ours.masks_on_device(iou_preds, upscale, points[batch], frame, boxes)
+        parts += [masks] if masks is not None else []
     masks = device_post.DeviceMasks.cat(parts)
     keep = box_nms(masks.boxes, masks.iou_preds, ours.settings.box_nms_thresh)
     (got,) = device_post.to_host([device_post.Survivors(masks.select(keep), frame)])

@@ -3,7 +3,9 @@
 The host path (`full_res.TiledMasks`, `rle.encode_changes`) reads change positions back for
 every mask that passes the stability filter and builds its RLE there. Here, per decode
 batch, the stability and crop-edge filters, binary masks and boxes stay on the device; the
-masks are compacted after one read of how many pass. NMS runs on the device, on the same
+batch's masks are compacted after one read of how many pass, however many slices its
+full-resolution work takes. Binary masks are kept eight pixels to a byte until NMS has
+chosen the survivors. NMS runs on the device, on the same
 candidates in the same order as the reference (whose NMS also runs on its masks' device),
 and RLE is built only for the survivors: change positions, then run lengths, on the
 device. Everything a record needs is then packed into one int64 tensor and copied to the
@@ -35,6 +37,26 @@ def true_indices(flags: Tensor, count: int) -> Tensor:
     return torch.argsort((~flags).to(torch.uint8), stable=True)[:count]
 
 
+def pack_bits(binary: Tensor) -> Tensor:
+    """N x h x w booleans -> N x h x ceil(w / 8) bytes, eight pixels of a row to a byte."""
+    count, h, w = binary.shape
+    pad = torch.zeros(count, h, -w % 8, dtype=torch.bool, device=binary.device)
+    octets = torch.cat([binary, pad], dim=2).view(count, h, -(-w // 8), 8).to(torch.uint8)
+    return (octets << _bits(binary.device)).sum(dim=3, dtype=torch.uint8)
+
+
+def _bits(device: torch.device) -> Tensor:
+    """Bit k of a byte holds pixel k of its eight; made on the device (a copy from the host
+    would wait for CUDA)."""
+    return torch.arange(8, dtype=torch.uint8, device=device)
+
+
+def unpack_bits(packed: Tensor, width: int) -> Tensor:
+    """The N x h x `width` booleans of `pack_bits`."""
+    bits = (packed[..., None] >> _bits(packed.device)) & 1
+    return bits.view(*packed.shape[:2], 8 * packed.shape[2])[..., :width].bool()
+
+
 def mask_boxes(binary: Tensor) -> Tensor:
     """Inclusive XYXY boxes (int64) of B x h x w masks, as the reference's
     batched_mask_to_box: [0, 0, 0, 0] for an empty mask."""
@@ -53,7 +75,7 @@ class DeviceMasks:
     """Masks of one crop on their device: crop-sized binary masks and their record columns
     (boxes, points and crop boxes in the image frame)."""
 
-    binary: Tensor  # N x h x w bool
+    packed: Tensor  # N x h x ceil(w / 8) uint8: the binary masks (`pack_bits`)
     boxes: Tensor  # N x 4 int64, inclusive XYXY
     iou_preds: Tensor  # N float32
     stability: Tensor  # N float32
@@ -65,8 +87,9 @@ class DeviceMasks:
 
     @classmethod
     def empty(cls, frame: CropFrame, device: torch.device) -> DeviceMasks:
+        h, w = frame.crop_size
         return cls(
-            binary=torch.zeros(0, *frame.crop_size, dtype=torch.bool, device=device),
+            packed=torch.zeros(0, h, -(-w // 8), dtype=torch.uint8, device=device),
             boxes=torch.zeros(0, 4, dtype=torch.long, device=device),
             iou_preds=torch.zeros(0, device=device),
             stability=torch.zeros(0, device=device),
@@ -88,10 +111,10 @@ def filter_masks(
     iou_preds: Tensor,
     points: Tensor,
     boxes: Tensor,
-) -> DeviceMasks:
-    """The masks of K x h x w crop-sized logits that pass the stability and crop-edge filters,
-    compacted after one read of how many do. `boxes` (2 x 4, on the device): the crop's and
-    the image's XYXY boxes; `points` are in the crop's frame."""
+) -> tuple[DeviceMasks, Tensor]:
+    """K x h x w crop-sized logits as masks, and which of them pass the stability and
+    crop-edge filters (K booleans), without a read back. `boxes` (2 x 4, on the device): the
+    crop's and the image's XYXY boxes; `points` are in the crop's frame."""
     stability = stability_score(logits, threshold, offset)
     binary = logits > threshold
     crop_box, image_box = boxes
@@ -100,11 +123,16 @@ def filter_masks(
     keep = ~near_crop_edge(mask_box, crop_box, image_box)
     if stability_thresh > 0:
         keep &= stability >= stability_thresh
-    index = true_indices(keep, int(keep.sum()))
     image_points = points + corner.to(points.dtype)
-    return DeviceMasks(
-        binary[index], mask_box[index], iou_preds[index], stability[index], image_points[index]
-    )
+    masks = DeviceMasks(pack_bits(binary), mask_box, iou_preds, stability, image_points)
+    return masks, keep
+
+
+def compact(parts: list[tuple[DeviceMasks, Tensor]]) -> DeviceMasks:
+    """The masks of `filter_masks` parts that passed, in order, after one read of how many."""
+    masks = DeviceMasks.cat([m for m, _ in parts])
+    keep = torch.cat([k for _, k in parts])
+    return masks.select(true_indices(keep, int(keep.sum())))
 
 
 def run_lengths(binary: Tensor, frame: CropFrame) -> tuple[Tensor, Tensor]:
@@ -160,7 +188,8 @@ def to_host(crops: list[Survivors]) -> list[MaskData]:
     parts, layout = [], []
     for crop in crops:
         masks = crop.masks
-        lengths, per_mask = run_lengths(masks.binary, crop.frame)
+        binary = unpack_bits(masks.packed, crop.frame.crop_size[1])
+        lengths, per_mask = run_lengths(binary, crop.frame)
         floats = torch.cat(
             [masks.iou_preds.double(), masks.stability.double(), masks.points.flatten()]
         )

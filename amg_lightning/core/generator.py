@@ -200,9 +200,10 @@ class AutomaticMaskGenerator:
                 with record_function("amg.upscaler"):
                     return self.decoder.upscale(ctx, tokens, prompts, extent)
 
-            parts += self.masks_on_device(
+            masks = self.masks_on_device(
                 tokens.iou_preds.float(), upscale, crop_points[batch], frame, boxes
             )
+            parts += [masks] if masks is not None else []
         if not parts:
             return device_post.Survivors(device_post.DeviceMasks.empty(frame, self.device), frame)
         masks = device_post.DeviceMasks.cat(parts)
@@ -216,9 +217,9 @@ class AutomaticMaskGenerator:
         points: Tensor,
         frame: CropFrame,
         boxes: Tensor,
-    ) -> list[device_post.DeviceMasks]:
-        """The masks of one decode batch that pass every per-mask filter, in parts, on the
-        device: one read of how many pass the IoU filter, one per part for the rest.
+    ) -> device_post.DeviceMasks | None:
+        """The masks of one decode batch that pass every per-mask filter, on the device: one
+        read of how many pass the IoU filter, one of how many pass the rest.
 
         `iou_preds` (B x 3) and `points` (B x 2, crop frame) are the batch's; `upscale` gives
         the low-res logits (P x 3 x h x w) of prompts at the given indices, at least their
@@ -233,7 +234,7 @@ class AutomaticMaskGenerator:
         per_prompt = passed.any(dim=1)
         mask_count, prompt_count = torch.stack([passed.sum(), per_prompt.sum()]).tolist()
         if mask_count == 0:
-            return []
+            return None
         prompts = device_post.true_indices(per_prompt, prompt_count)
         flat = device_post.true_indices(passed.flatten(), mask_count)  # (prompt, mask) order
         prompt_of_mask, mask_of_prompt = flat // 3, flat % 3
@@ -245,12 +246,12 @@ class AutomaticMaskGenerator:
         mask_points = points[prompt_of_mask]
         mask_ious = iou_preds[prompt_of_mask, mask_of_prompt]
         budget = full_res_bytes(self.device, s.upscale_budget_mb * 2**20, host_path=False)
-        parts = []
+        candidates = []
         with record_function("amg.full_resolution"):
             for chunk in self._chunks(mask_count, resize.dense_bytes_per_mask(), budget):
                 chunk_low_res = low_res[row_of_mask[chunk], mask_of_prompt[chunk]].float()
                 logits = resize.dense_masks(chunk_low_res, 0.0, 0.0).logits
-                parts.append(
+                candidates.append(
                     device_post.filter_masks(
                         logits,
                         self.model.mask_threshold,
@@ -261,7 +262,7 @@ class AutomaticMaskGenerator:
                         boxes,
                     )
                 )
-        return parts
+            return device_post.compact(candidates)
 
     def _decode_batch(self, ctx: ImageContext, points: np.ndarray, frame: CropFrame) -> MaskData:
         """The masks of one batch of points (crop frame) that pass every per-mask filter."""
