@@ -30,6 +30,18 @@ def tiny_sam() -> torch.nn.Module:
 
 
 @pytest.fixture(scope="session")
+def sharp_sam() -> torch.nn.Module:
+    """The tiny SAM with its mask logits scaled by 300: stabilities spread from 0.5 to 0.95 and
+    masks differ per point, so every filter has masks to keep and to remove."""
+    sam = build_sam("tiny")
+    with torch.no_grad():
+        for mlp in sam.mask_decoder.output_hypernetworks_mlps:
+            mlp.layers[-1].weight.mul_(300)
+            mlp.layers[-1].bias.mul_(300)
+    return sam
+
+
+@pytest.fixture(scope="session")
 def checkpoint_path() -> Path:
     """MobileSAM's mobile_sam.pt: AMG_TEST_CHECKPOINT, else the cache, else downloaded."""
     value = os.environ.get("AMG_TEST_CHECKPOINT")

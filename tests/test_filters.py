@@ -21,7 +21,6 @@ from amg_lightning import AutomaticMaskGenerator
 from amg_lightning.core import rle
 from amg_lightning.core.full_res import DenseMasks
 from amg_lightning.core.masks import CropFrame, MaskData
-from amg_lightning.core.models import build_sam
 from tests.helpers.parity import assert_same_records
 
 OPEN = {
@@ -40,17 +39,6 @@ TINY_SCORE_TOL = 1e-3
 TINY_PIXEL_TOL = 2
 
 
-@pytest.fixture(scope="module")
-def sharp_sam() -> torch.nn.Module:
-    """The tiny SAM with its mask logits scaled by 300: stabilities spread, masks differ."""
-    sam = build_sam("tiny")
-    with torch.no_grad():
-        for mlp in sam.mask_decoder.output_hypernetworks_mlps:
-            mlp.layers[-1].weight.mul_(300)
-            mlp.layers[-1].bias.mul_(300)
-    return sam
-
-
 def key(record: dict) -> tuple:
     return (tuple(record["point_coords"][0]), record["segmentation"]["counts"])
 
@@ -59,8 +47,11 @@ def generate(model, image, **settings) -> list[dict]:
     return AutomaticMaskGenerator(model, **{**OPEN, **settings}).generate(image)
 
 
-def test_open_settings_keep_every_mask_and_match_the_reference(sharp_sam, random_image):
-    ours = generate(sharp_sam, random_image)
+@pytest.mark.parametrize("postprocess", ["host", "device"])
+def test_open_settings_keep_every_mask_and_match_the_reference(
+    sharp_sam, random_image, postprocess
+):
+    ours = generate(sharp_sam, random_image, postprocess=postprocess)
     reference = SamAutomaticMaskGenerator(sharp_sam, **OPEN).generate(random_image)
     assert len(ours) == 6 * 6 * 3  # three masks per point, none removed
     assert len({r["segmentation"]["counts"] for r in ours}) == len(ours)
@@ -75,8 +66,11 @@ def test_open_settings_keep_every_mask_and_match_the_reference(sharp_sam, random
     ],
     ids=["small-regions", "crop-layer-and-thresholds"],
 )
-def test_each_setting_matches_the_reference_with_many_masks(sharp_sam, random_image, settings):
-    ours = generate(sharp_sam, random_image, **settings)
+@pytest.mark.parametrize("postprocess", ["host", "device"])
+def test_each_setting_matches_the_reference_with_many_masks(
+    sharp_sam, random_image, settings, postprocess
+):
+    ours = generate(sharp_sam, random_image, postprocess=postprocess, **settings)
     reference = SamAutomaticMaskGenerator(sharp_sam, **{**OPEN, **settings}).generate(random_image)
     assert len(reference) >= 20
     assert_same_records(ours, reference, score_tol=TINY_SCORE_TOL, pixel_tol=TINY_PIXEL_TOL)
@@ -154,7 +148,7 @@ def test_cross_crop_nms_prefers_the_smaller_crop(tiny_sam):
     ]
     crops = [whole, crop, whole, crop, crop]
     generator = AutomaticMaskGenerator(tiny_sam, crop_n_layers=1, output_mode="coco_rle")
-    records = generator._finish(mask_set(masks, crops, [0.99, 0.5, 0.9, 0.8, 0.7]), IMAGE_SIZE)
+    records = generator._finish([mask_set(masks, crops, [0.99, 0.5, 0.9, 0.8, 0.7])], IMAGE_SIZE)
     kept = [r["point_coords"][0] for r in records]
     points = mask_set(masks, crops, [0] * 5).points.tolist()
     assert points[0] not in kept and points[1] in kept
@@ -168,7 +162,7 @@ def test_cross_crop_nms_is_skipped_without_crop_layers(tiny_sam):
     whole = [0, 0, 160, 120]
     masks = [rectangle(10, 10, 40, 40), rectangle(11, 10, 40, 41)]
     generator = AutomaticMaskGenerator(tiny_sam, output_mode="coco_rle")
-    records = generator._finish(mask_set(masks, [whole, whole], [0.9, 0.8]), IMAGE_SIZE)
+    records = generator._finish([mask_set(masks, [whole, whole], [0.9, 0.8])], IMAGE_SIZE)
     assert len(records) == 2  # duplicates within a crop are removed earlier, per crop
 
 
@@ -189,7 +183,7 @@ def test_small_region_nms_prefers_masks_that_were_not_changed(tiny_sam):
     masks = small_region_masks()
     whole = [0, 0, 160, 120]
     generator = AutomaticMaskGenerator(tiny_sam, min_mask_region_area=20, output_mode="coco_rle")
-    records = generator._finish(mask_set(masks, [whole] * 4, [0.99, 0.5, 0.9, 0.8]), IMAGE_SIZE)
+    records = generator._finish([mask_set(masks, [whole] * 4, [0.99, 0.5, 0.9, 0.8])], IMAGE_SIZE)
     # Unchanged masks first (1 and 3), then the changed mask 2; 0 lost to its filled twin 1.
     assert [r["point_coords"][0] for r in records] == [[2.0, 3.0], [6.0, 7.0], [4.0, 5.0]]
     island_free = rectangle(80, 10, 130, 50)
@@ -202,7 +196,7 @@ def test_small_region_step_matches_the_reference(tiny_sam):
     whole = [0, 0, 160, 120]
     data = mask_set(masks, [whole] * 4, [0.99, 0.5, 0.9, 0.8])
     generator = AutomaticMaskGenerator(tiny_sam, min_mask_region_area=20, output_mode="coco_rle")
-    ours = generator._finish(data, IMAGE_SIZE)
+    ours = generator._finish([data], IMAGE_SIZE)
     reference = ref.MaskData(
         rles=[ref.mask_to_rle_pytorch(torch.from_numpy(m)[None])[0] for m in masks],
         boxes=data.boxes.float(),

@@ -84,3 +84,65 @@ def test_lightning_predicts_shards_on_the_gpu(tmp_path, random_image):
     for records in results.values():
         assert len(records) == len(expected)
         assert fast_parity(expected, records).ok
+
+
+@pytest.fixture
+def tf32_off():
+    """Exactness on CUDA is defined with TF32 off (cuDNN's default is on)."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+@pytest.mark.parametrize(("crop_n_layers", "crop"), [(0, 0), (1, 2)], ids=["image", "sub-crop"])
+def test_device_postprocessing_is_the_references_on_its_cuda_decoder_outputs(
+    checkpoint_path, images_dir, tf32_off, crop_n_layers, crop
+):
+    """Bit-equal: the same decoder outputs through the reference's post-processing and ours."""
+    from tests.helpers.images import read_photo
+    from tests.test_device_post import assert_reference_postprocessing
+
+    sam = build_sam("vit_t", checkpoint_path).cuda()
+    image = read_photo("dog.jpg" if images_dir else "skimage:astronaut", images_dir, 1024)
+    settings = {"points_per_side": 16, "crop_n_layers": crop_n_layers}
+    assert_reference_postprocessing(sam, image, settings, crop)
+
+
+def test_device_postprocessing_syncs_a_bounded_number_of_times(checkpoint_path, images_dir):
+    """CUDA's own count of synchronising calls (set_sync_debug_mode), and the host-read
+    counter of the CPU test, per image: bounded per decode batch, crop and image."""
+    import math
+    import warnings
+
+    from amg_lightning.core.memory import prompts_per_batch
+    from tests.helpers.host_reads import count_host_reads
+    from tests.helpers.images import read_photo
+    from tests.test_host_reads import PER_BATCH, PER_CROP, PER_IMAGE
+
+    sam = build_sam("vit_t", checkpoint_path).cuda()
+    image = read_photo("dog.jpg" if images_dir else "skimage:astronaut", images_dir, 1024)
+    generator = AutomaticMaskGenerator(sam, output_mode="coco_rle")
+    assert generator.postprocess_on_device  # "auto" on CUDA
+    generator.generate(image)  # warm-up: resize tables, allocator
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            records = generator.generate(image)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    syncs = [w for w in caught if "synchroniz" in str(w.message)]
+    with count_host_reads() as reads:
+        generator.generate(image)
+    step = prompts_per_batch(4096, 256, torch.device("cuda"), generator.settings.points_per_batch)
+    batches = math.ceil(len(generator.point_grids[0]) / step)
+    bound = PER_BATCH * batches + PER_CROP + PER_IMAGE
+    print(
+        f"{len(records)} masks, {batches} decode batches: {len(syncs)} CUDA syncs, "
+        f"{reads.total} host reads {dict(reads.counts)}"
+    )
+    assert len(records) >= 10
+    assert reads.total <= bound
+    # CUDA also counts blocking copies to the device: the image, the crop's points and boxes.
+    assert len(syncs) <= bound + 8

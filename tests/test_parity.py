@@ -51,6 +51,10 @@ def test_same_records_as_reference(case, mobile_sam, images_dir):
     image = case_photo(images_dir, shared, fallback, max_side=640)
     reference, ours = reference_and_ours(mobile_sam, image, settings)
     assert_same_records(ours, reference)
+    on_device = AutomaticMaskGenerator(
+        mobile_sam, postprocess="device", output_mode="coco_rle", **settings
+    ).generate(image)
+    assert_same_records(on_device, reference)
 
 
 @pytest.mark.slow

@@ -66,11 +66,18 @@ def golden_and_photo(
     RUNNABLE,
     ids=[f"{n}{'-small_regions' if s else ''}" for n, s in RUNNABLE],
 )
+@pytest.mark.parametrize("postprocess", ["host", "device"])
 def test_same_records_as_stored_reference(
-    name: str, small_regions: bool, mobile_sam, checkpoint_path: Path, images_dir: Path | None
+    name: str,
+    small_regions: bool,
+    postprocess: str,
+    mobile_sam,
+    checkpoint_path: Path,
+    images_dir: Path | None,
 ):
     golden, image = golden_and_photo(name, small_regions, checkpoint_path, images_dir)
-    ours = AutomaticMaskGenerator(mobile_sam, **golden["settings"]).generate(image)
+    settings = {**golden["settings"], "postprocess": postprocess}
+    ours = AutomaticMaskGenerator(mobile_sam, **settings).generate(image)
     assert_same_records(ours, golden["records"])
 
 

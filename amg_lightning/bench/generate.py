@@ -281,6 +281,8 @@ def run(args: argparse.Namespace, common: dict[str, Any]) -> list[dict[str, Any]
     from amg_lightning import build_sam
 
     images = load_images(args.images, args.max_images, args.resize_long_side, args.synthetic_size)
+    # Exactness on CUDA is defined with TF32 off for both sides (cuDNN's default is on).
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     model = build_sam(args.model_type, args.checkpoint).to(args.device)
     modes = build_modes(model, args)
     hw = common["hardware"]

@@ -8,9 +8,11 @@ from torchvision.ops import nms
 
 
 def near_crop_edge(
-    boxes: Tensor, crop_box: list[int], image_box: list[int], atol: float = 20.0
+    boxes: Tensor, crop_box: list[int] | Tensor, image_box: list[int] | Tensor, atol: float = 20.0
 ) -> Tensor:
-    """Boxes (in image coordinates) within `atol` of a crop edge that is not an image edge."""
+    """Boxes (in image coordinates) within `atol` of a crop edge that is not an image edge.
+
+    The crop and image boxes may already be tensors on the boxes' device (no copy then)."""
     crop = torch.as_tensor(crop_box, dtype=torch.float, device=boxes.device)
     image = torch.as_tensor(image_box, dtype=torch.float, device=boxes.device)
     boxes = boxes.float()

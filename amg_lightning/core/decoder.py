@@ -194,12 +194,24 @@ class PointDecoder(nn.Module):
 
     def _prompt_tokens(self, points: Tensor) -> Tensor:
         """B x 2 points in the model's input frame -> B x 7 x C decoder tokens."""
-        labels = torch.ones(points.shape[0], 1, dtype=torch.int, device=points.device)
-        sparse, _ = self.prompt_encoder(points=(points[:, None, :], labels), boxes=None, masks=None)
+        sparse = self._point_embeddings(points)
         decoder = self.mask_decoder
         output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
         output_tokens = output_tokens.unsqueeze(0).expand(sparse.shape[0], -1, -1)
         return torch.cat([output_tokens, sparse], dim=1)
+
+    def _point_embeddings(self, points: Tensor) -> Tensor:
+        """The prompt encoder's B x 2 x C sparse embeddings of B foreground points, each padded
+        with a not-a-point, as its `_embed_points` computes them. It picks rows by label with
+        boolean masks, a read back to the host each on CUDA; every label here is known, so
+        the rows are taken by position instead (the same additions)."""
+        encoder = self.prompt_encoder
+        padding = torch.zeros(len(points), 1, 2, device=points.device)
+        coords = torch.cat([points[:, None, :] + 0.5, padding], dim=1)
+        embedded = encoder.pe_layer.forward_with_coords(coords, encoder.input_image_size)
+        point = embedded[:, :1] + encoder.point_embeddings[1].weight
+        not_a_point = torch.zeros_like(embedded[:, 1:]) + encoder.not_a_point_embed.weight
+        return torch.cat([point, not_a_point], dim=1)
 
     def _head_scores(self, xh: Tensor, projected: Tensor) -> Tensor:
         """Each head's B x T x d rows against its slice of the N x (heads*d) `projected`.

@@ -293,6 +293,10 @@ class CropResize:
             tile_cols, col_span = self.cols.low_reads.shape
             bounds = tile_rows * (row_span + 2) * cols + 2 * tile_rows * tile_cols * col_span
             return 4 * (rows * cols + bounds)
+        return self.dense_bytes_per_mask()
+
+    def dense_bytes_per_mask(self) -> int:
+        """Memory one mask takes in `dense_masks`: its logits at the encoder's and crop's size."""
         return 4 * (self.crop_size[0] * self.crop_size[1] * 3 + self.encoder_size**2)
 
     @torch.no_grad()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.profiler import record_function
 
-from amg_lightning.core import rle, tiling
+from amg_lightning.core import device_post, rle, tiling
 from amg_lightning.core.boxes import box_nms, near_crop_edge, xyxy_to_xywh
 from amg_lightning.core.decoder import ImageContext, PointDecoder
 from amg_lightning.core.embedding_cache import EmbeddingCache
@@ -99,20 +99,29 @@ class AutomaticMaskGenerator:
             for i, (boxes, layers) in enumerate(plans)
             for box, layer in zip(boxes, layers, strict=True)
         ]
-        crops_per_image: list[list[MaskData]] = [[] for _ in images]
+        on_device = self.postprocess_on_device
+        crop_masks = self._crop_masks_on_device if on_device else self._crop_masks
+        crops_per_image: list[list] = [[] for _ in images]
         try:
             for (i, box, layer), embedding in zip(
                 jobs, self._embeddings(images, jobs), strict=True
             ):
                 frame = self._frame(box, images[i].shape[:2])
-                crops_per_image[i].append(self._crop_masks(embedding, frame, layer))
+                crops_per_image[i].append(crop_masks(embedding, frame, layer))
         finally:
             self.decoder.workspace.clear()  # the decoder's buffers live for one call
+        finish = self._finish_on_device if on_device else self._finish
         with record_function("amg.nms_and_records"):
             return [
-                self._finish(MaskData.cat(crops), image.shape[:2])
+                finish(crops, image.shape[:2])
                 for crops, image in zip(crops_per_image, images, strict=True)
             ]
+
+    @property
+    def postprocess_on_device(self) -> bool:
+        """Whether masks stay on the device until the records (`settings.postprocess`)."""
+        where = self.settings.postprocess
+        return where == "device" or (where == "auto" and self.device.type == "cuda")
 
     def _frame(self, box: list[int], image_size: tuple[int, int]) -> CropFrame:
         x0, y0, x1, y1 = box
@@ -165,6 +174,96 @@ class AutomaticMaskGenerator:
         )
         return masks.select(box_nms(masks.boxes, masks.iou_preds, self.settings.box_nms_thresh))
 
+    def _crop_masks_on_device(
+        self, embedding: Tensor, frame: CropFrame, layer: int
+    ) -> device_post.Survivors:
+        """As `_crop_masks`, with the masks kept on the device (core/device_post.py)."""
+        (crop_h, crop_w), (input_h, input_w) = frame.crop_size, frame.input_size
+        points = self.point_grids[layer] * np.array([crop_w, crop_h])[None]  # XY in the crop
+        scale = np.array([input_w / crop_w, input_h / crop_h])
+        # Copied to the device once per crop: on CUDA each copy from the host waits for it.
+        crop_points, model_points = torch.as_tensor(
+            np.stack([points, points * scale]), device=self.device
+        )
+        boxes = torch.tensor([frame.box, frame.image_box], device=self.device)
+        ctx = self.decoder.prepare(embedding)
+        step = prompts_per_batch(
+            ctx.keys.shape[1], ctx.keys.shape[2], self.device, self.settings.points_per_batch
+        )
+        parts = []
+        for start in range(0, len(points), step):
+            batch = slice(start, start + step)
+            with record_function("amg.transformer"):
+                tokens = self.decoder.decode_tokens(ctx, model_points[batch])
+
+            def upscale(prompts: Tensor, extent: tuple[int, int], tokens=tokens) -> Tensor:
+                with record_function("amg.upscaler"):
+                    return self.decoder.upscale(ctx, tokens, prompts, extent)
+
+            masks = self.masks_on_device(
+                tokens.iou_preds.float(), upscale, crop_points[batch], frame, boxes
+            )
+            parts += [masks] if masks is not None else []
+        if not parts:
+            return device_post.Survivors(device_post.DeviceMasks.empty(frame, self.device), frame)
+        masks = device_post.DeviceMasks.cat(parts)
+        keep = box_nms(masks.boxes, masks.iou_preds, self.settings.box_nms_thresh)
+        return device_post.Survivors(masks.select(keep), frame)
+
+    def masks_on_device(
+        self,
+        iou_preds: Tensor,
+        upscale: Callable[[Tensor, tuple[int, int]], Tensor],
+        points: Tensor,
+        frame: CropFrame,
+        boxes: Tensor,
+    ) -> device_post.DeviceMasks | None:
+        """The masks of one decode batch that pass every per-mask filter, on the device: one
+        read of how many pass the IoU filter, one of how many pass the rest.
+
+        `iou_preds` (B x 3) and `points` (B x 2, crop frame) are the batch's; `upscale` gives
+        the low-res logits (P x 3 x h x w) of prompts at the given indices, at least their
+        top-left extent; `boxes` holds the crop's and the image's XYXY boxes on the device.
+        """
+        s = self.settings
+        passed = (
+            iou_preds > s.pred_iou_thresh
+            if s.pred_iou_thresh > 0
+            else torch.ones_like(iou_preds, dtype=torch.bool)
+        )
+        per_prompt = passed.any(dim=1)
+        mask_count, prompt_count = torch.stack([passed.sum(), per_prompt.sum()]).tolist()
+        if mask_count == 0:
+            return None
+        prompts = device_post.true_indices(per_prompt, prompt_count)
+        flat = device_post.true_indices(passed.flatten(), mask_count)  # (prompt, mask) order
+        prompt_of_mask, mask_of_prompt = flat // 3, flat % 3
+        resize = crop_resize(
+            self.decoder.low_res_size, self.encoder_size, frame.input_size, frame.crop_size
+        )
+        low_res = upscale(prompts, resize.embedding_extent(self.decoder.upscale_factor))
+        row_of_mask = (per_prompt.cumsum(0) - 1)[prompt_of_mask]  # the prompt's row in low_res
+        mask_points = points[prompt_of_mask]
+        mask_ious = iou_preds[prompt_of_mask, mask_of_prompt]
+        budget = full_res_bytes(self.device, s.upscale_budget_mb * 2**20, host_path=False)
+        candidates = []
+        with record_function("amg.full_resolution"):
+            for chunk in self._chunks(mask_count, resize.dense_bytes_per_mask(), budget):
+                chunk_low_res = low_res[row_of_mask[chunk], mask_of_prompt[chunk]].float()
+                logits = resize.dense_masks(chunk_low_res, 0.0, 0.0).logits
+                candidates.append(
+                    device_post.filter_masks(
+                        logits,
+                        self.model.mask_threshold,
+                        s.stability_score_offset,
+                        s.stability_score_thresh,
+                        mask_ious[chunk],
+                        mask_points[chunk],
+                        boxes,
+                    )
+                )
+            return device_post.compact(candidates)
+
     def _decode_batch(self, ctx: ImageContext, points: np.ndarray, frame: CropFrame) -> MaskData:
         """The masks of one batch of points (crop frame) that pass every per-mask filter."""
         s = self.settings
@@ -210,7 +309,8 @@ class AutomaticMaskGenerator:
         filters, some at a time."""
         threshold, offset = self.model.mask_threshold, self.settings.stability_score_offset
         parts = []
-        for chunk in self._chunks(len(iou_preds), resize.bytes_per_mask(self.device)):
+        budget = full_res_bytes(self.device, self.settings.upscale_budget_mb * 2**20)
+        for chunk in self._chunks(len(iou_preds), resize.bytes_per_mask(self.device), budget):
             chunk_low_res = low_res[index[0][chunk], index[1][chunk]].float()
             masks = resize.masks(chunk_low_res, threshold, offset)
             parts.append(self._filter_full_res(masks, iou_preds[chunk], points[chunk], frame))
@@ -220,10 +320,9 @@ class AutomaticMaskGenerator:
     def encoder_size(self) -> int:
         return self.model.image_encoder.img_size
 
-    def _chunks(self, count: int, bytes_per_mask: int) -> Iterator[slice]:
-        """Slices of masks whose full-resolution work fits `core.memory.full_res_bytes`:
-        a few tens of MiB on the CPU, more on CUDA, never more than `upscale_budget_mb`."""
-        budget = full_res_bytes(self.device, self.settings.upscale_budget_mb * 2**20)
+    def _chunks(self, count: int, bytes_per_mask: int, budget: int) -> Iterator[slice]:
+        """Slices of masks whose full-resolution work fits `budget` bytes
+        (`core.memory.full_res_bytes`, never more than `upscale_budget_mb`)."""
         step = max(1, budget // bytes_per_mask)
         for start in range(0, count, step):
             yield slice(start, start + step)
@@ -257,18 +356,58 @@ class AutomaticMaskGenerator:
         )
         return masks.select(~near_crop_edge(boxes, crop_box, frame.image_box))
 
-    def _finish(self, masks: MaskData, image_size: tuple[int, int]) -> list[dict[str, Any]]:
+    def _finish(self, crops: list[MaskData], image_size: tuple[int, int]) -> list[dict[str, Any]]:
         """Cross-crop NMS, small-region removal, and the output records."""
+        masks = MaskData.cat(crops)
+        if self.settings.crop_n_layers > 0:
+            keep = box_nms(
+                masks.boxes, _crop_preference(masks.crop_boxes), self.settings.crop_nms_thresh
+            )
+            masks = masks.select(keep)
+        return self._records(masks, image_size)
+
+    def _finish_on_device(
+        self, crops: list[device_post.Survivors], image_size: tuple[int, int]
+    ) -> list[dict[str, Any]]:
+        """As `_finish`, with cross-crop NMS on the device; RLEs only for its survivors."""
         s = self.settings
-        if s.crop_n_layers > 0:
-            crops = masks.crop_boxes
-            areas = ((crops[:, 2] - crops[:, 0]) * (crops[:, 3] - crops[:, 1])).float()
-            masks = masks.select(box_nms(masks.boxes, 1 / areas, s.crop_nms_thresh))
+        if s.crop_n_layers == 0:
+            return self._records(device_post.to_host(crops)[0], image_size)
+        crop_boxes = torch.cat(
+            [torch.tensor([c.frame.box]).expand(len(c.masks), 4) for c in crops]
+        ).to(self.device)
+        boxes = torch.cat([c.masks.boxes for c in crops])
+        keep = box_nms(boxes, _crop_preference(crop_boxes), s.crop_nms_thresh).tolist()
+        # Each crop's survivors in record order; then each record's place among them all.
+        first = np.cumsum([0] + [len(c.masks) for c in crops])
+        crop_of = np.searchsorted(first, keep, side="right") - 1
+        kept = [
+            [k - first[c] for k, c in zip(keep, crop_of, strict=True) if c == j]
+            for j in range(len(crops))
+        ]
+        survivors = [
+            device_post.Survivors(
+                c.masks.select(torch.tensor(k, dtype=torch.long, device=self.device)), c.frame
+            )
+            for c, k in zip(crops, kept, strict=True)
+        ]
+        start = np.cumsum([0] + [len(k) for k in kept])
+        seen = np.zeros(len(crops), dtype=np.int64)
+        order = []
+        for c in crop_of:
+            order.append(start[c] + seen[c])
+            seen[c] += 1
+        masks = MaskData.cat(device_post.to_host(survivors))
+        return self._records(masks.select(torch.tensor(order, dtype=torch.long)), image_size)
+
+    def _records(self, masks: MaskData, image_size: tuple[int, int]) -> list[dict[str, Any]]:
+        """Small-region removal, and the output records."""
+        s = self.settings
         if s.min_mask_region_area > 0 and len(masks):
             masks = self._remove_small_regions(
                 masks, image_size, max(s.box_nms_thresh, s.crop_nms_thresh)
             )
-        return [self._record(masks, i, image_size) for i in range(len(masks))]
+        return self._record_list(masks, image_size)
 
     def _remove_small_regions(
         self, masks: MaskData, image_size: tuple[int, int], nms_thresh: float
@@ -277,11 +416,9 @@ class AutomaticMaskGenerator:
         boxes = masks.boxes.clone()
         rles = list(masks.rles)
         unchanged = torch.ones(len(masks))
-        for i, counts in enumerate(masks.rles):
+        for i, (counts, box) in enumerate(zip(masks.rles, masks.boxes.tolist(), strict=True)):
             mask, changed = remove_small_regions(
-                rle.decode(counts, image_size),
-                boxes[i].tolist(),
-                self.settings.min_mask_region_area,
+                rle.decode(counts, image_size), box, self.settings.min_mask_region_area
             )
             if changed:
                 encoded = rle.encode_mask(mask)
@@ -291,17 +428,35 @@ class AutomaticMaskGenerator:
         masks = masks.with_columns(rles=rles, boxes=boxes)
         return masks.select(box_nms(boxes, unchanged, nms_thresh))
 
-    def _record(self, masks: MaskData, i: int, image_size: tuple[int, int]) -> dict[str, Any]:
-        counts = masks.rles[i]
-        return {
-            "segmentation": rle.to_output(counts, image_size, self.settings.output_mode),
-            "area": rle.area(counts),
-            "bbox": xyxy_to_xywh(masks.boxes[i : i + 1])[0].tolist(),
-            "predicted_iou": masks.iou_preds[i].item(),
-            "point_coords": [masks.points[i].tolist()],
-            "stability_score": masks.stability[i].item(),
-            "crop_box": xyxy_to_xywh(masks.crop_boxes[i : i + 1])[0].tolist(),
-        }
+    def _record_list(self, masks: MaskData, image_size: tuple[int, int]) -> list[dict[str, Any]]:
+        """The output records; each column is read into Python once, not once per record."""
+        columns = zip(
+            masks.rles,
+            xyxy_to_xywh(masks.boxes).tolist(),
+            masks.iou_preds.tolist(),
+            masks.points.tolist(),
+            masks.stability.tolist(),
+            xyxy_to_xywh(masks.crop_boxes).tolist(),
+            strict=True,
+        )
+        return [
+            {
+                "segmentation": rle.to_output(counts, image_size, self.settings.output_mode),
+                "area": rle.area(counts),
+                "bbox": box,
+                "predicted_iou": iou,
+                "point_coords": [point],
+                "stability_score": stability,
+                "crop_box": crop_box,
+            }
+            for counts, box, iou, point, stability, crop_box in columns
+        ]
+
+
+def _crop_preference(crop_boxes: Tensor) -> Tensor:
+    """Cross-crop NMS scores: masks of smaller crops first, as the reference's 1 / area."""
+    areas = (crop_boxes[:, 2] - crop_boxes[:, 0]) * (crop_boxes[:, 3] - crop_boxes[:, 1])
+    return 1 / areas.float()
 
 
 def _bfloat16_supported(device: torch.device) -> bool:

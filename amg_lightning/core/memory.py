@@ -67,13 +67,14 @@ def prompts_per_batch(tokens: int, channels: int, device: torch.device, least: i
     return max(least, min(1024, fits))
 
 
-def full_res_bytes(device: torch.device, most: int) -> int:
+def full_res_bytes(device: torch.device, most: int, host_path: bool = True) -> int:
     """Bytes of full-resolution work per slice of masks, at most `most`.
 
-    The CPU keeps slices within glibc's reuse (`_CPU_FULL_RES_BYTES`). CUDA's caching allocator
-    reuses any size, and each slice costs a host round trip (RLE is written on the host), so
-    there a slice takes what half the free memory holds.
+    On the host path the CPU keeps slices within glibc's reuse (`_CPU_FULL_RES_BYTES`). CUDA's
+    caching allocator reuses any size, and each slice costs a read back to the host, so there
+    (and on the device path everywhere) a slice takes up to `most`, within half the free
+    memory on CUDA.
     """
     if device.type != "cuda":
-        return min(most, _CPU_FULL_RES_BYTES)
+        return min(most, _CPU_FULL_RES_BYTES) if host_path else most
     return max(1, min(most, int(free_bytes(device) * _BUDGET_SHARE)))

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
+POSTPROCESS_MODES = ("auto", "device", "host")
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,11 @@ class AmgSettings:
 
     `tile_size` (pixels; None: off) cuts images larger than it into tiles overlapping by at
     least `tile_overlap` pixels, merged into one mask per object (see core/tiling.py).
+
+    `postprocess` says where masks are filtered and encoded, never which masks come out:
+    "device" keeps them on the model's device until the records (core/device_post.py), "host"
+    reads each slice's changes back and encodes there (the CPU's tiled, exact resize), "auto"
+    picks the faster for the device: "device" on CUDA, "host" on the CPU.
     """
 
     points_per_side: int | None = 32
@@ -40,6 +46,7 @@ class AmgSettings:
     crops_per_batch: int = 4
     tile_size: int | None = None
     tile_overlap: int = 256
+    postprocess: str = "auto"
 
     def __post_init__(self) -> None:
         if self.point_grids is not None:
@@ -58,6 +65,8 @@ class AmgSettings:
 SETTING_NAMES = tuple(f.name for f in fields(AmgSettings))
 # The settings that bound memory and never change the masks (see AmgSettings).
 MEMORY_SETTING_NAMES = ("points_per_batch", "upscale_budget_mb", "crops_per_batch")
+# Where the post-processing runs: it never changes the masks either.
+PLACEMENT_SETTING_NAMES = ("postprocess",)
 
 
 def _check_range(
@@ -115,6 +124,11 @@ def settings_errors(settings: AmgSettings) -> list[str]:
     if settings.output_mode not in OUTPUT_MODES:
         errors.append(
             f"output_mode must be one of {', '.join(OUTPUT_MODES)}, got {settings.output_mode!r}"
+        )
+    if settings.postprocess not in POSTPROCESS_MODES:
+        errors.append(
+            f"postprocess must be one of {', '.join(POSTPROCESS_MODES)}, "
+            f"got {settings.postprocess!r}"
         )
     return errors
 

@@ -17,7 +17,11 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from amg_lightning.core.settings import MEMORY_SETTING_NAMES, SETTING_NAMES
+from amg_lightning.core.settings import (
+    MEMORY_SETTING_NAMES,
+    PLACEMENT_SETTING_NAMES,
+    SETTING_NAMES,
+)
 from amg_lightning.results.run_folder import (
     damaged_path,
     files_of_ours,
@@ -34,9 +38,11 @@ from amg_lightning.utils.logging import get_logger
 
 log = get_logger(__name__)
 
-# Settings that change the masks: the generator's, less those that only bound memory, and bf16.
+# Settings that change the masks: the generator's, less those that only bound memory or place
+# the post-processing, and bf16.
+_NOT_MASK_SETTINGS = (*MEMORY_SETTING_NAMES, *PLACEMENT_SETTING_NAMES, "output_mode")
 MASK_SETTING_NAMES = (
-    *(n for n in SETTING_NAMES if n not in MEMORY_SETTING_NAMES and n != "output_mode"),
+    *(n for n in SETTING_NAMES if n not in _NOT_MASK_SETTINGS),
     "fast",
 )
 # Launchers name a process's rank in these; rank 0 of node 0 has only zeros (or none).
