@@ -140,7 +140,7 @@ def _fetch(source: CheckpointSource, path: Path) -> None:
         f"could not fetch the checkpoint {source.filename} ({'; '.join(failures)}). "
         f"Download {source.url} yourself and put it at {path} "
         f"(the folder is ${CACHE_DIR_ENV}, else {DEFAULT_CACHE_DIR}), "
-        "or pass its path as checkpoint."
+        "or pass model.checkpoint=PATH."
     )
 
 

@@ -190,7 +190,7 @@ def check_same_run(output_dir: Path) -> None:
     """For ranks other than 0: the lock, once rank 0 made it, must be this run's."""
     run_id = shared_run_id()
     if run_id is None:
-        return  # nothing to recognise it by: rank 0 holds it for all (see README)
+        return  # nothing to recognise it by: rank 0 holds it for all (see docs/running.md)
     deadline = time.monotonic() + WAIT_FOR_LOCK_S
     while (found := read_holder(output_dir)) is None or found[0].run_id != run_id:
         if time.monotonic() > deadline:
