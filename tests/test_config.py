@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import DictConfig
 
 from amg_lightning.run.config import ConfigError, check_config, with_flags_parsed
@@ -70,6 +71,15 @@ def test_switches_read_as_booleans(
         ("data.batch_size=0", "data.batch_size must be an integer >= 1, got 0"),
         ("data.num_workers=-1", "data.num_workers must be an integer >= 0, got -1"),
         ("output_mode=binary_mask", "output_mode must be coco_rle"),
+        ("max_error_fraction=2", "max_error_fraction must be a number in [0, 1], got 2"),
+        ("resume_changed_shards=maybe", "resume_changed_shards must be refuse or redo"),
+        ("trainer.precision=bf16-mixed", "trainer.precision=bf16-mixed is not supported"),
+        ("eval.gt=/no/such/gt.json", "eval.gt /no/such/gt.json cannot be read"),
+        *(
+            []
+            if torch.cuda.is_available()
+            else [("trainer=gpu", "trainer.accelerator=gpu but no CUDA GPU is visible")]
+        ),
     ],
 )
 def test_bad_settings_are_refused(
@@ -78,6 +88,16 @@ def test_bad_settings_are_refused(
     with pytest.raises(ConfigError) as refused:
         checked(tmp_path, shards, [override])
     assert message in str(refused.value)
+
+
+def test_ground_truth_that_is_not_coco_is_refused(tmp_path: Path, shards: Path) -> None:
+    gt = tmp_path / "gt.json"
+    gt.write_text('{"images": []}')
+    with pytest.raises(ConfigError, match=r"is not a COCO instances json"):
+        checked(tmp_path, shards, [f"eval.gt={gt}"])
+    gt.write_text("not json")
+    with pytest.raises(ConfigError, match=r"is not json"):
+        checked(tmp_path, shards, [f"eval.gt={gt}"])
 
 
 def test_check_config_writes_nothing(tmp_path: Path, shards: Path) -> None:
@@ -106,6 +126,8 @@ def test_resume_no_is_no_resume(tmp_path: Path, shards: Path) -> None:
         ("resume=maybe", "error: resume must be true or false (yes/no, 1/0), got 'maybe'"),
         ("+pointz_per_side=8", "error: unknown setting pointz_per_side"),
         ("shard_size=0", "error: shard_size must be an integer >= 1, got 0"),
+        ("trainer.precision=16-mixed", "error: trainer.precision=16-mixed is not supported"),
+        ("eval.gt=missing.json", "error: eval.gt missing.json cannot be read"),
     ],
 )
 def test_predict_refuses_in_one_line_before_the_model_loads(

@@ -6,10 +6,12 @@ checked where the run starts, in `run.folder`).
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from amg_lightning.core.models import MODEL_TYPES
@@ -106,10 +108,39 @@ def check_config(cfg: DictConfig) -> None:
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise ConfigError(f"model.checkpoint {checkpoint} is not a file")
     _check_data(cfg.data)
+    _check_trainer(cfg.trainer)
+    if cfg.eval.gt is not None:
+        _check_ground_truth(cfg.eval.gt)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _output_dir_is_fixed():
         raise ConfigError(
             "processes started by torchrun or SLURM must share one output_dir: pass output_dir=PATH"
         )
+
+
+def _check_trainer(trainer: DictConfig) -> None:
+    """What would otherwise fail only once the model has loaded, or break every image."""
+    if str(trainer.get("precision", "32-true")) not in ("32", "32-true"):
+        raise ConfigError(
+            f"trainer.precision={trainer.precision} is not supported: the generator computes in "
+            "float32 to give the reference's masks (fast=true runs its mask upscaler in bfloat16)"
+        )
+    if str(trainer.accelerator) in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"trainer.accelerator={trainer.accelerator} but no CUDA GPU is visible: "
+            "use trainer=cpu, or check CUDA_VISIBLE_DEVICES and the driver"
+        )
+
+
+def _check_ground_truth(path: str) -> None:
+    """eval.gt must be a readable COCO instances json before hours of prediction."""
+    try:
+        gt = json.loads(Path(path).read_text())
+    except OSError as err:
+        raise ConfigError(f"eval.gt {path} cannot be read: {err.strerror}") from None
+    except ValueError as err:
+        raise ConfigError(f"eval.gt {path} is not json: {err}") from None
+    if not isinstance(gt, dict) or not {"images", "annotations"} <= gt.keys():
+        raise ConfigError(f"eval.gt {path} is not a COCO instances json (images, annotations)")
 
 
 def _check_integer(name: str, value: Any, low: int) -> None:
