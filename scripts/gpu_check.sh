@@ -25,7 +25,7 @@ status=0
 step() {  # step SECONDS COMMAND...: a part that overruns is cut, and the rest still runs
     local limit=$1; shift
     echo "== $*"
-    timeout "$limit" "$@" || { echo "!! failed or cut after ${limit}s: $*"; status=1; }
+    timeout "$limit" bash -c '"$@"' step "$@" || { echo "!! failed or cut after ${limit}s: $*"; status=1; }
 }
 
 step 90 "$PYTHON" -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py
@@ -39,11 +39,13 @@ step 90 "$PYTHON" -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py
     echo "fraction sampled by nvidia-smi. Raw rows: docs/benchmarks.jsonl (device \`cuda\`)."
     echo
 } > docs/gpu.md
+export PYTHON IMAGES CHECKPOINT WORK
 generate() {
     "$PYTHON" -m amg_lightning.bench.cli generate --device cuda --images "$IMAGES" \
         --model-type vit_t --checkpoint "$CHECKPOINT" --rounds 2 --reference-rounds 1 \
         --json docs/benchmarks.jsonl --markdown docs/gpu.md "$@"
 }
+export -f generate
 step 120 generate --max-images 3
 step 80 generate --max-images 1 --crop-n-layers 1
 
@@ -76,6 +78,7 @@ pipeline() {
     "$PYTHON" -m amg_lightning.bench.cli pipeline "$WORK/shards" --device cuda --rounds 1 \
         --num-workers 8 --json docs/benchmarks.jsonl --markdown docs/gpu.md "$@"
 }
+export -f pipeline
 step 70 pipeline --model-type vit_t --checkpoint "$CHECKPOINT"
 step 90 pipeline --model-type vit_t --checkpoint "$CHECKPOINT" --crop-n-layers 1
 step 90 pipeline --model-type vit_h --checkpoint "$WORK/vit_h_random.pt" \

@@ -63,10 +63,16 @@ def test_lightning_predicts_shards_on_the_gpu(tmp_path, random_image):
     png = cv2.imencode(".png", random_image[..., ::-1])[1].tobytes()
     write_tar(tmp_path / "in-000000.tar", [("a.png", png), ("b.png", png)])
     out = tmp_path / "out"
+    devices = []  # where each batch ran: Lightning moves the module back to the CPU at the end
+
+    class RecordDevice(L.Callback):
+        def on_predict_batch_end(self, trainer, pl_module, *args) -> None:
+            devices.append(pl_module.generator.device.type)
+
     trainer = L.Trainer(
         accelerator="gpu",
         devices=1,
-        callbacks=[RleShardWriter(str(out))],
+        callbacks=[RleShardWriter(str(out)), RecordDevice()],
         logger=False,
         enable_progress_bar=False,
     )
@@ -74,7 +80,8 @@ def test_lightning_predicts_shards_on_the_gpu(tmp_path, random_image):
     data = WebDatasetDataModule(str(tmp_path / "in-000000.tar"), batch_size=2)
     trainer.predict(module, datamodule=data, return_predictions=False)
 
-    assert module.generator.device.type == "cuda"
+    assert devices == ["cuda"]
+    module.sam.cuda()
     expected = module.generator.generate(random_image)
     assert len(expected) > 0
     results = {r["image"]["key"]: r["annotations"] for r in iter_results(out)}
