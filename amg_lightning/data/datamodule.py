@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from amg_lightning.data.count import already_done, count_reader_samples, is_remote
 from amg_lightning.data.decode import DEFAULT_MAX_IMAGE_PIXELS
-from amg_lightning.data.samples import decode_sample, read_shard
+from amg_lightning.data.samples import READ_TIMEOUT_S, decode_sample, read_shard
 from amg_lightning.utils.signals import end_workers_at_exit, ignore_stop_signals
 
 Batch = dict[str, list[Any]]
@@ -106,9 +106,11 @@ class ShardSamples(IterableDataset):
         world_size: int,
         skip_keys: Collection[tuple[str, str]],
         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+        read_timeout: float = READ_TIMEOUT_S,
     ) -> None:
         super().__init__()
         self.max_image_pixels = max_image_pixels
+        self.read_timeout = read_timeout
         self.urls = list(urls)
         self.rank = rank
         self.world_size = world_size
@@ -118,7 +120,7 @@ class ShardSamples(IterableDataset):
         split = split_for_reader(self.urls, *self._reader())
         index = 0
         for url in split.urls:
-            for sample in read_shard(url):
+            for sample in read_shard(url, self.read_timeout):
                 # An error sample is never done: it is recorded again by every run.
                 done = sample.error is None and already_done(url, sample.key, self.skip_keys)
                 keep = split.keeps(index) and not done
@@ -147,9 +149,11 @@ class WebDatasetDataModule(lightning.LightningDataModule):
         count_samples: str | bool = "auto",
         count_seconds: float = 30.0,
         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+        read_timeout: float = READ_TIMEOUT_S,
     ) -> None:
         super().__init__()
         self.max_image_pixels = max_image_pixels
+        self.read_timeout = read_timeout
         self.shard_urls = resolve_urls(urls)
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -184,7 +188,12 @@ class WebDatasetDataModule(lightning.LightningDataModule):
         if self.num_workers:
             end_workers_at_exit()
         samples = ShardSamples(
-            self.shard_urls, self.rank, self.world_size, self.skip_keys, self.max_image_pixels
+            self.shard_urls,
+            self.rank,
+            self.world_size,
+            self.skip_keys,
+            self.max_image_pixels,
+            self.read_timeout,
         )
         return DataLoader(
             samples,

@@ -10,9 +10,11 @@ complete samples.
 from __future__ import annotations
 
 import re
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
 import torch
 import webdataset as wds
@@ -87,7 +89,27 @@ def split_name(name: str, current_key: str | None = None) -> tuple[str, str]:
     return folder + slash + first, rest.lower()
 
 
-def read_shard(url: str) -> Iterator[ShardSample]:
+# Seconds a remote read may stall before its shard becomes an error record.
+READ_TIMEOUT_S = 60.0
+
+
+def open_shard(url: str, read_timeout: float = READ_TIMEOUT_S) -> IO[bytes]:
+    """The shard's byte stream; http(s) reads that stall over `read_timeout` raise TimeoutError.
+
+    webdataset opens http(s) through curl with no time limit, so a server that accepts and
+    never answers would hold the reader (and the run) for ever.
+    """
+    if url.startswith(("http://", "https://")):
+        try:
+            return urllib.request.urlopen(url, timeout=read_timeout)
+        except urllib.error.URLError as error:  # a stall before the answer arrives comes wrapped
+            if isinstance(error.reason, TimeoutError):
+                raise error.reason from error
+            raise
+    return wds.gopen(url)
+
+
+def read_shard(url: str, read_timeout: float = READ_TIMEOUT_S) -> Iterator[ShardSample]:
     """The samples of one shard in order; what is wrong with it becomes error samples.
 
     A repeat of a key already seen in this shard is an error sample naming both places (only
@@ -98,12 +120,16 @@ def read_shard(url: str) -> Iterator[ShardSample]:
     first_places: dict[str, str] = {}
     last_key: str | None = None
     try:
-        with wds.gopen(url) as stream:
+        with open_shard(url, read_timeout) as stream:
             for sample in _grouped(url, tar_members(stream)):
                 last_key = sample.key
                 yield _checked_for_repeat(sample, first_places)
     except DamagedTar as damage:
         yield _shard_error(url, f"shard {url} is damaged {_after(last_key)}: {damage}.")
+    except TimeoutError:
+        yield _shard_error(
+            url, f"shard {url} stalled: no data for {read_timeout:g} s {_after(last_key)}."
+        )
     except (OSError, ValueError) as error:  # ValueError: a url scheme gopen does not know
         yield _shard_error(url, f"shard {url} could not be read {_after(last_key)}: {_why(error)}.")
 

@@ -158,6 +158,7 @@ def _check_data(data: DictConfig) -> None:
     _check_integer("data.batch_size", data.batch_size, 1)
     _check_integer("data.num_workers", data.num_workers, 0)
     _check_integer("data.max_image_pixels", data.max_image_pixels, 1)
+    _check_seconds("data.read_timeout", data.read_timeout)
     _check_counting(data)
 
 
@@ -166,9 +167,12 @@ def _check_counting(data: DictConfig) -> None:
         raise ConfigError(
             f"data.count_samples must be auto, true or false, got {data.count_samples!r}"
         )
-    seconds = data.count_seconds
+    _check_seconds("data.count_seconds", data.count_seconds)
+
+
+def _check_seconds(name: str, seconds: Any) -> None:
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0:
-        raise ConfigError(f"data.count_seconds must be a number > 0, got {seconds!r}")
+        raise ConfigError(f"{name} must be a number > 0, got {seconds!r}")
 
 
 def _output_dir_is_fixed() -> bool:
