@@ -98,6 +98,27 @@ MUTANTS = [
         "return",
         ("tests/test_resume.py", "tests/test_damaged_input.py"),
     ),
+    Mutant(
+        "resume counts a closed but un-renamed *.tar.tmp as done",
+        "amg_lightning/run/folder.py",
+        "    for path in shard_paths(output_dir):",
+        '    for path in [*shard_paths(output_dir), *Path(output_dir).glob("masks-*.tar.tmp")]:',
+        ("tests/test_resume.py",),
+    ),
+    Mutant(
+        "progress count skips done samples by their place among the samples still to do",
+        "amg_lightning/data/count.py",
+        "    for index, (url, key) in enumerate(samples):",
+        "    for index, (url, key) in enumerate(s for s in samples if not already_done(*s, skip)):",
+        ("tests/test_progress_total.py",),
+    ),
+    Mutant(
+        "rank left out of the ids",
+        "amg_lightning/run/ids.py",
+        "    return number << RANK_BITS | rank",
+        "    return number << RANK_BITS",
+        ("tests/test_ids.py",),
+    ),
 ]
 
 

@@ -71,6 +71,20 @@ def test_resumed_bar_leaves_out_what_is_done(tmp_path: Path) -> None:
     }
 
 
+def test_resumed_bar_with_fewer_shards_than_readers(tmp_path: Path) -> None:
+    """One shard, two readers taking every other sample: a done sample is left out by its
+    place in the shard, not by its place among the samples still to do."""
+    shards = tmp_path / "shards"
+    write_jpeg_shards(shards, [6])
+    url = str(shards / "in-000000.tar")
+    done = {(url, "img000"), (url, "img002")}  # both from reader 0's share: 0, 2, 4
+    data = WebDatasetDataModule(str(shards), batch_size=2, num_workers=2, skip_keys=done)
+
+    bar = predict_with_bar(data)
+
+    assert (bar.total, bar.n) == (3, 3)  # reader 0: img004 alone; reader 1: 1, 3, 5
+
+
 def test_remote_shards_are_not_counted(tmp_path: Path) -> None:
     write_jpeg_shards(tmp_path / "shards", [3])
     remote = f"pipe:cat {tmp_path / 'shards' / 'in-000000.tar'}"

@@ -82,6 +82,22 @@ def test_damaged_output_shard_is_moved_aside_and_redone(
     assert summary["images_already_done"] == 8 - len(lost)
 
 
+def test_closed_but_unrenamed_shard_is_redone(
+    finished_run: tuple[list[str], Path, Counter],
+) -> None:
+    """A kill between a shard's close() and its rename leaves a complete `*.tar.tmp`, urls and
+    all: it is not a finished shard, so its samples are done again, once."""
+    run, out, complete = finished_run
+    last = shard_paths(out)[-1]
+    redone = {(r["image"]["url"], r["image"]["key"]) for r in iter_results(last)}
+    last.rename(last.with_name(last.name + ".tmp"))
+
+    summary = run_in_process([*run, "resume=true"])
+    assert summary["images"] == len(redone) == 2
+    assert summary["images_already_done"] == 6
+    assert samples(out) == complete
+
+
 def test_same_key_in_two_shards_survives_an_interruption(tmp_path: Path) -> None:
     """Done-ness is (url, key): the second `dup` is not skipped because the first is done."""
     contents = {tmp_path / "in-0.tar": ["a0", "dup", "a1"], tmp_path / "in-1.tar": ["dup", "b0"]}

@@ -10,9 +10,20 @@ from torch.nn import functional as F
 
 
 def resized_shape(height: int, width: int, long_side: int) -> tuple[int, int]:
-    """The size with the longer side at `long_side`, rounded as SAM rounds it."""
+    """The size with the longer side at `long_side`, rounded as SAM rounds it.
+
+    Raises ValueError for an image so thin that its short side rounds to 0 pixels (long side
+    more than 2 x `long_side` times the short side, e.g. 1x4000 at 1024): SAM refuses it too.
+    """
     scale = long_side / max(height, width)
-    return int(height * scale + 0.5), int(width * scale + 0.5)
+    resized = int(height * scale + 0.5), int(width * scale + 0.5)
+    if min(resized) < 1:
+        raise ValueError(
+            f"image too thin: {width}x{height} would be {resized[1]}x{resized[0]} pixels at the "
+            f"model's {long_side}-pixel long side; the long side may be at most "
+            f"{2 * long_side} times the short side"
+        )
+    return resized
 
 
 def resize_longest_side(image: np.ndarray, long_side: int) -> np.ndarray:

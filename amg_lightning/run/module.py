@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,8 @@ class AmgModule(L.LightningModule):
             image = images.get(i)
             outcome = generated.get(i, batch["error"][i])  # records, or an error message
             failed = isinstance(outcome, str)
+            if failed:
+                outcome = without_addresses(outcome)
             results.append(
                 {
                     "key": key,
@@ -91,6 +94,16 @@ class AmgModule(L.LightningModule):
             except (ValueError, RuntimeError) as err:
                 out[i] = f"{type(err).__name__}: {err}"
         return out
+
+
+# A Python object's default repr, e.g. "<_io.BytesIO object at 0x7f...>" in Pillow's errors.
+_OBJECT_REPR = re.compile(r"<([\w.]+) object at 0x[0-9a-fA-F]+>")
+
+
+def without_addresses(message: str) -> str:
+    """The message with default object reprs named by type only: an address differs on every run,
+    so records of the same failure would differ and say nothing more."""
+    return _OBJECT_REPR.sub(r"<\1>", message)
 
 
 def _model_id(model_type: str, checkpoint: str | None) -> str:
