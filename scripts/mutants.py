@@ -119,6 +119,27 @@ MUTANTS = [
         "    return number << RANK_BITS",
         ("tests/test_ids.py",),
     ),
+    Mutant(
+        "cross-crop NMS reads box_nms_thresh instead of crop_nms_thresh",
+        "amg_lightning/core/generator.py",
+        "box_nms(masks.boxes, 1 / areas, s.crop_nms_thresh)",
+        "box_nms(masks.boxes, 1 / areas, s.box_nms_thresh)",
+        ("tests/test_filters.py",),
+    ),
+    Mutant(
+        "predicted-IoU filter keeps a score equal to the threshold",
+        "amg_lightning/core/generator.py",
+        "iou_preds > s.pred_iou_thresh\n",
+        "iou_preds >= s.pred_iou_thresh\n",
+        ("tests/test_filters.py",),
+    ),
+    Mutant(
+        "tiling merge keeps both copies of a mask seen whole by two tiles",
+        "amg_lightning/core/tiling.py",
+        "dropped.add(j if gaps[0] >= gaps[1] else i)",
+        "pass",
+        ("tests/test_tiling.py",),
+    ),
 ]
 
 

@@ -92,6 +92,18 @@ def test_predicted_iou_threshold_removes_exactly_the_low_scores(sharp_sam, rando
     assert sorted(map(key, kept)) == sorted(map(key, expected))
 
 
+def test_a_predicted_iou_exactly_at_the_threshold_is_dropped(sharp_sam, random_image):
+    everything = generate(sharp_sam, random_image)
+    scores = sorted(r["predicted_iou"] for r in everything if 0 < r["predicted_iou"] < 1)
+    at = scores[len(scores) // 2]  # a float32 value, exactly representable as the threshold
+    kept = generate(sharp_sam, random_image, pred_iou_thresh=at)
+    assert 0 < len(kept) < len(everything)
+    assert at not in {r["predicted_iou"] for r in kept}  # the reference keeps only iou > thresh
+    assert sorted(map(key, kept)) == sorted(
+        map(key, [r for r in everything if r["predicted_iou"] > at])
+    )
+
+
 def test_small_regions_change_masks_but_keep_their_points(sharp_sam, random_image):
     everything = generate(sharp_sam, random_image)
     cleaned = generate(sharp_sam, random_image, min_mask_region_area=40)
@@ -156,6 +168,21 @@ def test_cross_crop_nms_prefers_the_smaller_crop(tiny_sam):
     assert (points[3] in kept) != (points[4] in kept)  # of 3 and 4, exactly one stays
     assert len(kept) == 3
     assert [r["crop_box"] for r in records if r["point_coords"][0] == points[1]] == [[0, 0, 90, 70]]
+
+
+@pytest.mark.parametrize(("crop_nms", "box_nms", "kept"), [(0.3, 0.9, 1), (0.9, 0.3, 2)])
+def test_cross_crop_nms_uses_its_own_threshold(tiny_sam, crop_nms, box_nms, kept):
+    whole, crop = [0, 0, 160, 120], [0, 0, 90, 70]
+    masks = [rectangle(10, 10, 40, 40), rectangle(20, 10, 50, 40)]  # box IoU 0.49
+    generator = AutomaticMaskGenerator(
+        tiny_sam,
+        crop_n_layers=1,
+        crop_nms_thresh=crop_nms,
+        box_nms_thresh=box_nms,
+        output_mode="coco_rle",
+    )
+    records = generator._finish(mask_set(masks, [whole, crop], [0.9, 0.8]), IMAGE_SIZE)
+    assert len(records) == kept
 
 
 def test_cross_crop_nms_is_skipped_without_crop_layers(tiny_sam):

@@ -121,7 +121,7 @@ def _ellipse(size, centre, axes) -> np.ndarray:
     return canvas.astype(bool)
 
 
-SIZE = (300, 400)  # tiles of 160 overlapping by at least 40: x starts 0, 80, 160, 240
+SIZE = (300, 400)  # tiles of 160 overlapping by at least 40: x starts 0, 120, 240
 GRID = TileGrid.for_image(SIZE, 160, 40)
 
 
@@ -131,7 +131,7 @@ GRID = TileGrid.for_image(SIZE, 160, 40)
         ("across a vertical seam", (200, 60), (50, 30)),
         ("across the corner of four tiles", (200, 150), (55, 50)),
         ("larger than a tile", (200, 150), (190, 120)),
-        ("in the overlap, whole in two tiles", (120, 40), (12, 12)),
+        ("in the overlap, cut by tile 1's left edge", (120, 40), (12, 12)),
     ],
 )
 def test_an_object_cut_by_tile_borders_comes_out_as_one_mask(name, centre, axes):
@@ -139,6 +139,22 @@ def test_an_object_cut_by_tile_borders_comes_out_as_one_mask(name, centre, axes)
     masks = _merged([obj], GRID)
     assert len(masks) == 1, name
     np.testing.assert_array_equal(masks[0], obj)
+
+
+def test_an_object_whole_in_several_tiles_comes_out_once():
+    grid = TileGrid.for_image(SIZE, 160, 120)  # x starts 0, 40, ..., 240: overlaps of 120
+    obj = _ellipse(SIZE, (130, 150), (12, 12))  # columns 118-142: whole in the tiles at 0, 40, 80
+    whole_in = [t for t in range(len(grid)) if grid.inner_edge_gap(t, _box(obj)) >= 20]
+    assert len(whole_in) >= 2
+    masks = _merged([obj], grid)
+    assert len(masks) == 1
+    np.testing.assert_array_equal(masks[0], obj)
+
+
+def _box(mask: np.ndarray) -> np.ndarray:
+    """Inclusive XYXY box of a non-empty mask."""
+    ys, xs = np.nonzero(mask)
+    return np.array([xs.min(), ys.min(), xs.max(), ys.max()])
 
 
 def test_tiles_overlapping_by_more_than_half_still_give_one_mask_per_object():
@@ -153,7 +169,7 @@ def test_tiles_overlapping_by_more_than_half_still_give_one_mask_per_object():
 
 @pytest.mark.parametrize("side", ["starts at the overlap's edge", "ends at the overlap's edge"])
 def test_an_object_exactly_on_the_overlaps_edge_is_one_mask(side):
-    x0 = GRID.box(1)[0]  # tile 1 overlaps tile 0 in columns [80, 160)
+    x0 = GRID.box(1)[0]  # tile 1 overlaps tile 0 in columns [120, 160)
     obj = np.zeros(SIZE, dtype=bool)
     if side == "starts at the overlap's edge":
         obj[40:90, x0 : x0 + 30] = True  # whole in tile 0, touches tile 1's left edge
