@@ -38,7 +38,7 @@ MUTANTS = [
     Mutant(
         "dropped filter: no cross-crop NMS",
         "amg_lightning/core/generator.py",
-        "if s.crop_n_layers > 0:",
+        "if self.settings.crop_n_layers > 0:",
         "if False:",
         ("tests/test_filters.py", "tests/test_generator.py"),
     ),
@@ -122,8 +122,8 @@ MUTANTS = [
     Mutant(
         "cross-crop NMS reads box_nms_thresh instead of crop_nms_thresh",
         "amg_lightning/core/generator.py",
-        "box_nms(masks.boxes, 1 / areas, s.crop_nms_thresh)",
-        "box_nms(masks.boxes, 1 / areas, s.box_nms_thresh)",
+        "_crop_preference(masks.crop_boxes), self.settings.crop_nms_thresh",
+        "_crop_preference(masks.crop_boxes), self.settings.box_nms_thresh",
         ("tests/test_filters.py",),
     ),
     Mutant(
