@@ -16,6 +16,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
+import amg_lightning
 from amg_lightning.data import shards as make_shards
 from amg_lightning.results import export
 from amg_lightning.results.export import METADATA_HEADER
@@ -226,3 +227,18 @@ def test_export_needs_an_output_and_shards(tmp_path: Path) -> None:
     assert exit_code(export, str(tmp_path)) == 2
     with pytest.raises(SystemExit, match="no complete"):
         export.main([str(tmp_path), "--coco", str(tmp_path / "c.json")])
+
+
+def test_reader_api_reads_records_errors_and_masks(
+    run_output: Path, masks: dict[str, list[np.ndarray]]
+) -> None:
+    error = {"key": "bad", "url": "in.tar", "error": "cannot identify image file"}
+    (run_output / "errors-r000.jsonl").write_text(json.dumps(error) + "\n")
+    records = list(amg_lightning.read_run(run_output))
+    assert [r["image"]["key"] for r in records] == ["img0", "img2", "img1"]
+    for record in records:
+        got = [amg_lightning.decode_mask(a) for a in record["annotations"]]
+        assert len(got) == len(masks[record["image"]["key"]])
+        for mask, want in zip(got, masks[record["image"]["key"]], strict=True):
+            np.testing.assert_array_equal(mask, want)
+    assert list(amg_lightning.read_errors(run_output)) == [error]
