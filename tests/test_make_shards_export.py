@@ -14,7 +14,9 @@ import pytest
 import webdataset as wds
 from PIL import Image
 from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
 
+import amg_lightning
 from amg_lightning.data import shards as make_shards
 from amg_lightning.results import export
 from amg_lightning.results.export import METADATA_HEADER
@@ -140,6 +142,7 @@ def run_output(tmp_path: Path, masks: dict[str, list[np.ndarray]]) -> Path:
             for position, key in enumerate(keys):
                 height, width = masks[key][0].shape if masks[key] else (3, 3)
                 image = {"key": key, "url": "in.tar", "height": height, "width": width}
+                image["file_name"] = f"{key}.jpg"
                 image["image_id"] = ids.image_id(rank, 0, position)
                 records = []
                 for i, m in enumerate(masks[key]):
@@ -164,22 +167,41 @@ def test_export_coco_round_trip(
     coco = json.loads(coco_path.read_text())
     assert coco["categories"] == [{"id": 1, "name": "object"}]
     image_keys = {image["id"]: image["file_name"] for image in coco["images"]}
-    assert sorted(image_keys.values()) == ["img0", "img1", "img2"]
-    assert {i["file_name"]: (i["height"], i["width"]) for i in coco["images"]}["img1"] == (6, 4)
-    exported: dict[str, list[np.ndarray]] = {key: [] for key in masks}
+    assert sorted(image_keys.values()) == ["img0.jpg", "img1.jpg", "img2.jpg"]
+    assert {i["file_name"]: (i["height"], i["width"]) for i in coco["images"]}["img1.jpg"] == (6, 4)
+    exported: dict[str, list[np.ndarray]] = {f"{key}.jpg": [] for key in masks}
     for ann in coco["annotations"]:
         assert ann["category_id"] == 1 and ann["score"] == ann["predicted_iou"]
         exported[image_keys[ann["image_id"]]].append(mask_utils.decode(ann["segmentation"]))
     # The run's own ids, as in the shards, not a renumbering.
-    shard_ids = {r["image"]["key"]: r["image"]["image_id"] for r in iter_results(run_output)}
+    shard_ids = {r["image"]["file_name"]: r["image"]["image_id"] for r in iter_results(run_output)}
     assert {key: image_id for image_id, key in image_keys.items()} == shard_ids
     records = [a for r in iter_results(run_output) for a in r["annotations"]]
     assert sorted(ann["id"] for ann in coco["annotations"]) == sorted(a["id"] for a in records)
     assert len({ann["id"] for ann in coco["annotations"]}) == 3
     for key, originals in masks.items():
-        assert len(exported[key]) == len(originals)
-        for got, want in zip(exported[key], originals, strict=True):
+        assert len(exported[f"{key}.jpg"]) == len(originals)
+        for got, want in zip(exported[f"{key}.jpg"], originals, strict=True):
             np.testing.assert_array_equal(got, want)
+
+
+def test_export_opens_in_pycocotools(tmp_path: Path, run_output: Path) -> None:
+    """The dataset json loads as COCO and the results list through COCO.loadRes onto it."""
+    dataset, scored = tmp_path / "coco.json", tmp_path / "results.json"
+    argv = (str(run_output), "--coco", str(dataset), "--coco-results", str(scored))
+    assert exit_code(export, *argv) == 0
+    gt = COCO(str(dataset))
+    results = gt.loadRes(str(scored))
+    shard_images = {r["image"]["image_id"]: r["image"] for r in iter_results(run_output)}
+    assert {i: gt.imgs[i]["file_name"] for i in gt.imgs} == {
+        i: image["file_name"] for i, image in shard_images.items()
+    }
+    # loadRes numbers results 1, 2, ... in list order, so they pair with the dataset's in order.
+    pairs = zip(results.dataset["annotations"], gt.dataset["annotations"], strict=True)
+    assert len(gt.anns) == 3
+    for got, want in pairs:
+        assert got["image_id"] == want["image_id"] and got["score"] == want["score"]
+        np.testing.assert_array_equal(results.annToMask(got), gt.annToMask(want))
 
 
 def test_export_png_round_trip(
@@ -205,3 +227,18 @@ def test_export_needs_an_output_and_shards(tmp_path: Path) -> None:
     assert exit_code(export, str(tmp_path)) == 2
     with pytest.raises(SystemExit, match="no complete"):
         export.main([str(tmp_path), "--coco", str(tmp_path / "c.json")])
+
+
+def test_reader_api_reads_records_errors_and_masks(
+    run_output: Path, masks: dict[str, list[np.ndarray]]
+) -> None:
+    error = {"key": "bad", "url": "in.tar", "error": "cannot identify image file"}
+    (run_output / "errors-r000.jsonl").write_text(json.dumps(error) + "\n")
+    records = list(amg_lightning.read_run(run_output))
+    assert [r["image"]["key"] for r in records] == ["img0", "img2", "img1"]
+    for record in records:
+        got = [amg_lightning.decode_mask(a) for a in record["annotations"]]
+        assert len(got) == len(masks[record["image"]["key"]])
+        for mask, want in zip(got, masks[record["image"]["key"]], strict=True):
+            np.testing.assert_array_equal(mask, want)
+    assert list(amg_lightning.read_errors(run_output)) == [error]

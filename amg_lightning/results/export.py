@@ -1,11 +1,11 @@
-"""Export a run's RLE shards as a COCO results json, amg.py's PNG mask folders, SA-1B jsons.
+"""Export a run's RLE shards as COCO jsons, amg.py's PNG mask folders, SA-1B jsons.
 
-amg-export RUN_DIR --coco masks.json --png masks/ --sa1b sa1b/
+amg-export RUN_DIR --coco masks.json --coco-results results.json --png masks/ --sa1b sa1b/
 
 Each image's PNG folder and SA-1B json is named by `UniqueNames` (results/names.py): the
 key made safe, and `~2`, `~3`, ... for the same key met again (from another input shard),
-in the order of the run's shards. COCO images keep the key as `file_name` and the input
-shard as `url`.
+in the order of the run's shards. COCO images keep the image member's name (`key.ext`) as
+`file_name` and the input shard as `url`.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def _image_id(image: dict[str, Any]) -> int:
 
 
 def coco_results(results: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """A COCO results dict: images by key, one annotation per mask, scored by predicted IoU.
+    """A COCO dataset dict: images by member name, one annotation per mask, scored by predicted IoU.
 
     Image and annotation ids are the run's own (as in the shards and the SA-1B export), so an
     exported mask can be traced back to its record. Raises RecordWithoutIdsError for shards
@@ -70,7 +70,7 @@ def coco_results(results: Iterable[dict[str, Any]]) -> dict[str, Any]:
         images.append(
             {
                 "id": image_id,
-                "file_name": image["key"],
+                "file_name": image["file_name"],
                 "url": image["url"],
                 "height": image["height"],
                 "width": image["width"],
@@ -78,6 +78,11 @@ def coco_results(results: Iterable[dict[str, Any]]) -> dict[str, Any]:
         )
         annotations.extend(_coco_annotation(record, image_id) for record in result["annotations"])
     return {"images": images, "annotations": annotations, "categories": [COCO_CATEGORY]}
+
+
+def coco_result_list(results: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """COCO's results format (a list of annotations with scores), what `COCO.loadRes` reads."""
+    return coco_results(results)["annotations"]
 
 
 def _coco_annotation(record: dict[str, Any], image_id: int) -> dict[str, Any]:
@@ -164,25 +169,36 @@ def write_sa1b(results: Iterable[dict[str, Any]], output_dir: str | Path) -> int
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("output_dir", type=Path, help="the run's output folder of masks-*.tar")
-    parser.add_argument("--coco", type=Path, help="write COCO results json here")
+    parser.add_argument(
+        "--coco", type=Path, help="write a COCO dataset json (images, annotations) here"
+    )
+    parser.add_argument(
+        "--coco-results",
+        type=Path,
+        help="write a COCO results json (a list of scored annotations, for COCO.loadRes) here",
+    )
     parser.add_argument("--png", type=Path, help="write a folder of masks per image here")
     parser.add_argument("--sa1b", type=Path, help="write one SA-1B json per image here")
     args = parser.parse_args(argv)
-    if args.coco is None and args.png is None and args.sa1b is None:
-        parser.error("give one or more of --coco, --png, --sa1b")
+    if all(v is None for v in (args.coco, args.coco_results, args.png, args.sa1b)):
+        parser.error("give one or more of --coco, --coco-results, --png, --sa1b")
     return args
 
 
-def _export(
-    shards: list[Path], coco_path: Path | None, png_dir: Path | None, sa1b_dir: Path | None
-) -> None:
+def _export(shards: list[Path], args: argparse.Namespace) -> None:
     """Write what was asked for; raises DamagedTar, naming the shard, if one is damaged."""
+    coco_path, png_dir, sa1b_dir = args.coco, args.png, args.sa1b
     if coco_path is not None:
         coco = coco_results(iter_results(shards))
         coco_path.parent.mkdir(parents=True, exist_ok=True)
         coco_path.write_text(json.dumps(coco))
         counts = f"{len(coco['images'])} images, {len(coco['annotations'])} masks"
         print(f"wrote {counts} to {coco_path}")
+    if args.coco_results is not None:
+        scored = coco_result_list(iter_results(shards))
+        args.coco_results.parent.mkdir(parents=True, exist_ok=True)
+        args.coco_results.write_text(json.dumps(scored))
+        print(f"wrote {len(scored)} scored masks to {args.coco_results}")
     if png_dir is not None:
         images = write_mask_folders(iter_results(shards), png_dir)
         print(f"wrote mask folders for {images} images to {png_dir}")
@@ -198,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     if not shards:
         sys.exit(f"no complete masks-*.tar shards in {args.output_dir}")
     try:
-        _export(shards, args.coco, args.png, args.sa1b)
+        _export(shards, args)
     except DamagedTar as damage:
         sys.exit(f"error: {damage}")
     except RecordWithoutIdsError as err:
