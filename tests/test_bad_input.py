@@ -95,6 +95,22 @@ def test_out_of_range_setting(tmp_path: Path, shards: Path, setting: str, messag
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("pred_iou_threshold=0.8", "Key 'pred_iou_threshold' is not in struct"),
+        ("embedding_cache.size=3", "Key 'size' is not in struct"),
+        ("points_per_side=[1", "cannot parse override 'points_per_side=[1'"),
+    ],
+)
+def test_hydra_refuses_override(tmp_path: Path, shards: Path, override: str, message: str) -> None:
+    """Hydra's own errors: one line and exit 2 like ours, not its several lines and exit 1, and
+    no `+KEY=` advice (the project refuses new keys); no Hydra folder in the current one."""
+    assert_fails_with_one_line(tmp_path, [f"data.urls={shards}", override], message)
+    assert list(tmp_path.iterdir()) == []
+    assert "+pred_iou_threshold" not in run_predict([override], tmp_path, TIMEOUT_S).stderr
+
+
 def test_unknown_model_type(tmp_path: Path, shards: Path) -> None:
     assert_fails_with_one_line(
         tmp_path,

@@ -13,7 +13,7 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
+from hydra.errors import HydraException, InstantiationException, OverrideParseException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -41,14 +41,42 @@ __all__ = ["CONFIG_DIR", "main", "predict"]
 log = get_logger(__name__)
 
 
+# The user's HYDRA_FULL_ERROR, before main() sets it so that Hydra raises its own errors to us.
+_FULL_ERROR = "HYDRA_FULL_ERROR"
+_users_full_error: str | None = None
+
+
+def main() -> None:
+    """Entry point; Hydra's own errors (an unknown key, a bad override) end with one line and exit
+    code 2, like every other mistake in the config."""
+    global _users_full_error
+    _users_full_error = os.environ.get(_FULL_ERROR)
+    os.environ[_FULL_ERROR] = "1"  # otherwise Hydra prints several lines and exits 1 itself
+    try:
+        _main()
+    except HydraException as err:
+        if _users_full_error == "1":
+            raise
+        # The first line of each: the rest suggests `+KEY=`, which check_config refuses anyway.
+        lines = [str(err).splitlines()[0]]
+        if isinstance(err, OverrideParseException):
+            lines.insert(0, f"cannot parse override '{err.override}':")
+        if err.__cause__ is not None:
+            lines.append(str(err.__cause__).splitlines()[0])
+        log.error(f"error: {' '.join(lines)}")
+        sys.exit(2)
+
+
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="predict")
-def main(cfg: DictConfig) -> None:
-    """Entry point; a mistake in the config or inputs ends with one line and exit code 2.
+def _main(cfg: DictConfig) -> None:
+    """The run, once Hydra has composed the config; a mistake in the config or inputs ends with
+    one line and exit code 2.
 
     A run stopped by SIGTERM or SIGINT ends with one line and 128 + the signal's number.
     """
     # Batches stay on the host on purpose (crops are cut there), and the writer needs no
     # batch indices: Lightning's warnings about both would only confuse.
+    _restore_full_error()
     warnings.filterwarnings("ignore", message=".*transfer_batch_to_device.*")
     warnings.filterwarnings("ignore", message=".*infer the batch indices.*")
     warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*")  # inside Lightning 2.6
@@ -72,7 +100,7 @@ def main(cfg: DictConfig) -> None:
         log.error(f"failed: {failed}")
         sys.exit(1)
     except Exception as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        if _users_full_error == "1":
             raise
         # One line for the scheduler's log; the shards written so far are complete.
         log.error(f"error: {_cause(err)}; {_images_written(cfg)}, resume=true continues")
@@ -101,6 +129,14 @@ def _images_written(cfg: DictConfig) -> str:
     except Exception:  # the line must come out, whatever state the folder is in
         return "the shards written are complete"
     return f"{count} images written"
+
+
+def _restore_full_error() -> None:
+    """Give child processes (DDP ranks, sweep jobs) the user's HYDRA_FULL_ERROR, not main()'s."""
+    if _users_full_error is None:
+        os.environ.pop(_FULL_ERROR, None)
+    else:
+        os.environ[_FULL_ERROR] = _users_full_error
 
 
 def _drop_advertisements(record: logging.LogRecord) -> bool:
