@@ -181,7 +181,7 @@ def test_cross_crop_nms_uses_its_own_threshold(tiny_sam, crop_nms, box_nms, kept
         box_nms_thresh=box_nms,
         output_mode="coco_rle",
     )
-    records = generator._finish(mask_set(masks, [whole, crop], [0.9, 0.8]), IMAGE_SIZE)
+    records = generator._finish([mask_set(masks, [whole, crop], [0.9, 0.8])], IMAGE_SIZE)
     assert len(records) == kept
 
 
