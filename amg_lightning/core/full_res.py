@@ -199,6 +199,7 @@ class CropResize:
         self.rows = Tiles.of(first, rows, crop_size[0])
         self.cols = Tiles.of(first, cols, crop_size[1])
         self.tile_areas = self.rows.sizes[:, None] * self.cols.sizes[None, :]
+        self.has_repeats = bool(crop_size[0] % _TILE or crop_size[1] % _TILE)
         self._on_device: dict[torch.device, tuple[Tiles, Tiles, Tensor]] = {}
         # The top-left rows x columns of the low-res map the crop depends on.
         self.low_res_shape = tuple(int(first.second[side - 1]) + 1 for side in input_size)
@@ -275,19 +276,13 @@ class CropResize:
 
     def _drop_repeats(self, values: Tensor, tiles: Tensor) -> None:
         """Sets the pixels that repeat the crop's last row or column to -inf, so that they
-        count at no cutoff. Only tiles in the last tile row or column have them: on the CPU
-        those are found first; elsewhere finding them would be a read back, so every tile
-        is masked."""
+        count at no cutoff. Every tile is masked: finding the few in the last tile row or
+        column first would be a read back (a synchronisation on CUDA)."""
+        if not self.has_repeats:
+            return
         rows, cols, _ = self.tiles_on(values.device)
         i, j = tiles[:, 1], tiles[:, 2]
-        if values.device.type != "cpu":
-            values.masked_fill_(~(rows.valid[i, :, None] & cols.valid[j, None, :]), -torch.inf)
-            return
-        edge = ((i == len(rows.pixels) - 1) | (j == len(cols.pixels) - 1)).nonzero()[:, 0]
-        if len(edge):
-            i, j = i[edge], j[edge]
-            repeats = ~(rows.valid[i, :, None] & cols.valid[j, None, :])
-            values[edge] = values[edge].masked_fill_(repeats, -torch.inf)
+        values.masked_fill_(~(rows.valid[i, :, None] & cols.valid[j, None, :]), -torch.inf)
 
     def _tile_bounds(self, low_res: Tensor) -> tuple[Tensor, Tensor]:
         """Least and greatest low-res logit each tile depends on: K x tile rows x tile columns.
