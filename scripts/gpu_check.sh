@@ -46,8 +46,8 @@ generate() {
         --json docs/benchmarks.jsonl --markdown docs/gpu.md "$@"
 }
 export -f generate
-step 120 generate --max-images 3
-step 80 generate --max-images 1 --crop-n-layers 1
+step 100 generate --max-images 3
+step 70 generate --max-images 1 --crop-n-layers 1
 
 "$PYTHON" - "$IMAGES" "$WORK/photos" <<'EOF'
 """66 photos from the given ones: each as is, mirrored, flipped, turned, transposed, cut."""
@@ -79,9 +79,9 @@ pipeline() {
         --num-workers 8 --json docs/benchmarks.jsonl --markdown docs/gpu.md "$@"
 }
 export -f pipeline
-step 70 pipeline --model-type vit_t --checkpoint "$CHECKPOINT"
-step 90 pipeline --model-type vit_t --checkpoint "$CHECKPOINT" --crop-n-layers 1
-step 90 pipeline --model-type vit_h --checkpoint "$WORK/vit_h_random.pt" \
+step 60 pipeline --model-type vit_t --checkpoint "$CHECKPOINT"
+step 100 pipeline --model-type vit_t --checkpoint "$CHECKPOINT" --crop-n-layers 1
+step 80 pipeline --model-type vit_h --checkpoint "$WORK/vit_h_random.pt" \
     --pred-iou-thresh 0 --stability-score-thresh 0
 rm -rf "$WORK"
 echo "wrote docs/gpu.md (status $status)"

@@ -7,6 +7,8 @@ import torch
 
 from amg_lightning import AutomaticMaskGenerator, build_sam
 from amg_lightning.bench.parity import fast_parity
+from amg_lightning.core.full_res import crop_resize
+from tests.test_full_res import GEOMETRIES
 
 pytestmark = [
     pytest.mark.gpu,
@@ -27,6 +29,13 @@ def test_cuda_gives_the_cpu_masks(random_image):
     cuda = AutomaticMaskGenerator(build_sam("tiny").cuda(), **SETTINGS).generate(random_image)
     assert len(cuda) == len(cpu) > 0
     assert fast_parity(cpu, cuda).ok  # other kernels, other rounding: the fast tolerance
+
+
+@pytest.mark.parametrize(("input_size", "crop_size"), GEOMETRIES)
+def test_tiled_resize_is_exact_on_cuda(input_size, crop_size):
+    """The device post-processing resizes tile by tile only where that is F.interpolate's
+    own arithmetic on the device; elsewhere it resizes every pixel (slower, same masks)."""
+    assert crop_resize(256, 1024, input_size, crop_size).exact(torch.device("cuda"))
 
 
 def test_cuda_sizes_batches_by_free_memory():
