@@ -135,3 +135,15 @@ def test_upscaler_extent_is_the_top_left_of_the_full_map(tiny_sam, random_image,
     assert part.shape[-2:] == (4 * rows, 4 * cols)
     # Matrix products of other heights may round differently, within float32 rounding.
     torch.testing.assert_close(part, full[..., : 4 * rows, : 4 * cols], rtol=1e-5, atol=1e-6)
+
+
+def test_masks_with_most_tiles_to_resize_are_cut_from_whole_resizes():
+    """Noise about every cutoff: most tiles need resizing, so whole masks are resized by
+    F.interpolate and cut into tiles. The masks are the same."""
+    resize = crop_resize(256, 1024, (684, 1024), (534, 800))
+    generator = torch.Generator().manual_seed(2)
+    noise = torch.randn(3, *resize.low_res_shape, generator=generator) * 2
+    noise[0] = -20.0  # an empty mask among them
+    tiled = resize.masks(noise, 0.0, 1.0)
+    assert len(tiled.tiles) > 0.5 * tiled.inside.numel()
+    assert_tiled_equals_dense(resize, noise, 0.0, 1.0)

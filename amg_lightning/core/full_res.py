@@ -19,16 +19,19 @@ The tiles work on the logits' device, with one read back per call (which tiles t
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from functools import cache
 
 import numpy as np
 import torch
 from torch import Tensor
+from torch.nn import functional as F
 
 from amg_lightning.core import rle
 from amg_lightning.core.boxes import mask_boxes
 from amg_lightning.core.decoder import upscale_to_crop
+from amg_lightning.core.memory import full_res_bytes
 
 # Crop pixels per tile side: smaller tiles follow mask edges more closely, larger ones cost
 # less bookkeeping.
@@ -40,6 +43,13 @@ _TILE = 32  # `_count_tiles` needs TILE * TILE to be a multiple of 8 below 2048
 # size, and small steps there would only add kernel launches.
 _TILES_PER_STEP = {"cpu": 512}
 _DEVICE_TILES_PER_STEP = 32768
+# When more than this share of the tiles needs resizing (logits near a cutoff everywhere, as
+# random weights give them), whole masks are resized by F.interpolate and cut into tiles: a
+# resized tile's pixel costs several gathers and blends, a dense one one kernel's arithmetic.
+# The values are the same (`CropResize.exact`).
+_MOST_RESIZED_TILES = 0.5
+# Dense logits made at once for that, at most (within half the free memory on CUDA).
+_DENSE_SLICE_BYTES = 2**30
 
 
 @dataclass(frozen=True)
@@ -262,17 +272,43 @@ class CropResize:
         returns their masks at the threshold (the middle cutoff): B x TILE x TILE."""
         device = low_res.device
         binary = torch.empty(len(tiles), _TILE, _TILE, dtype=torch.bool, device=device)
-        step = _TILES_PER_STEP.get(device.type, _DEVICE_TILES_PER_STEP)
-        for start in range(0, len(tiles), step):
-            part = tiles[start : start + step]
-            values = self.tile_values(low_res, part)
-            self._drop_repeats(values, part)
+        for part, values in self._tile_value_parts(low_res, tiles):
+            self._drop_repeats(values, tiles[part])
             for c, cutoff in enumerate(cutoffs):
                 # The threshold's masks are kept: written straight into `binary`.
-                out = binary[start : start + len(part)] if c == 1 else None
+                out = binary[part] if c == 1 else None
                 above_cutoff = torch.gt(values, cutoff, out=out)
-                counts[:, c].index_add_(0, part[:, 0], _count_tiles(above_cutoff))
+                counts[:, c].index_add_(0, tiles[part, 0], _count_tiles(above_cutoff))
         return binary
+
+    def _tile_value_parts(self, low_res: Tensor, tiles: Tensor) -> Iterator[tuple[slice, Tensor]]:
+        """The crop-sized logits of `tiles` (sorted by mask), a slice of them at a time: tile
+        by tile, or, when most tiles need resizing, cut from masks resized whole."""
+        count, tile_rows, tile_cols = len(low_res), len(self.rows.pixels), len(self.cols.pixels)
+        if len(tiles) <= _MOST_RESIZED_TILES * count * tile_rows * tile_cols:
+            step = _TILES_PER_STEP.get(low_res.device.type, _DEVICE_TILES_PER_STEP)
+            for start in range(0, len(tiles), step):
+                part = slice(start, start + step)
+                yield part, self.tile_values(low_res, tiles[part])
+            return
+        per_slice = (
+            full_res_bytes(low_res.device, _DENSE_SLICE_BYTES) // self.dense_bytes_per_mask()
+        )
+        per_slice = max(1, per_slice)
+        firsts = list(range(0, count, per_slice))
+        # Where each slice's masks' tiles start (made on the device): one read back.
+        starts = torch.arange(0, count + per_slice, per_slice, device=tiles.device)
+        bounds = torch.searchsorted(tiles[:, 0], starts.clamp_max(count)).tolist()
+        height, width = self.crop_size
+        for k, first in enumerate(firsts):
+            part = slice(bounds[k], bounds[k + 1])
+            if part.start == part.stop:
+                continue
+            logits = self.dense_masks(low_res[first : first + per_slice], 0.0, 0.0).logits
+            padded = F.pad(logits, (0, tile_cols * _TILE - width, 0, tile_rows * _TILE - height))
+            grid = padded.view(len(logits), tile_rows, _TILE, tile_cols, _TILE)
+            mask, i, j = tiles[part].T
+            yield part, grid[mask - first, i, :, j]
 
     def _drop_repeats(self, values: Tensor, tiles: Tensor) -> None:
         """Sets the pixels that repeat the crop's last row or column to -inf, so that they
@@ -324,6 +360,10 @@ class CropResize:
             tile_cols, col_span = self.cols.low_reads.shape
             bounds = tile_rows * (row_span + 2) * cols + 2 * tile_rows * tile_cols * col_span
             return 4 * (rows * cols + bounds)
+        return self.dense_bytes_per_mask()
+
+    def dense_bytes_per_mask(self) -> int:
+        """Memory one mask takes in `dense_masks`: its logits at the encoder's and crop's size."""
         return 4 * (self.crop_size[0] * self.crop_size[1] * 3 + self.encoder_size**2)
 
     @torch.no_grad()
