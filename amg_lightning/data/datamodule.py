@@ -29,7 +29,7 @@ from amg_lightning.data.samples import READ_TIMEOUT_S, decode_sample, read_shard
 from amg_lightning.utils.signals import (
     StopRequested,
     end_workers_at_exit,
-    ignore_stop_signals,
+    init_worker,
     kill_live_workers,
     waiting_for_data,
 )
@@ -234,5 +234,5 @@ class WebDatasetDataModule(lightning.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             collate_fn=collate_records,
-            worker_init_fn=ignore_stop_signals,
+            worker_init_fn=init_worker,
         )

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import atexit
+import ctypes
 import multiprocessing
 import signal
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 # Process-wide, as signal handlers are: whether the main process waits for the next batch, and
 # whether a stop was asked for during this run.
@@ -57,22 +60,27 @@ def waiting_for_data() -> Iterator[None]:
         _waiting_for_data = False
 
 
-def ignore_stop_signals(worker_id: int = 0) -> None:
-    """A DataLoader `worker_init_fn`: the main process alone decides when a run stops.
+def init_worker(worker_id: int = 0) -> None:
+    """A DataLoader `worker_init_fn`: the main process alone decides when a run stops, and its
+    workers die with it.
 
     A SIGTERM or SIGINT sent to the whole process group would otherwise kill the workers, and
     the main process would end in a DataLoader traceback instead of stopping cleanly. The
-    workers still end when the main process shuts them down or dies.
+    workers still end when the main process shuts them down; on Linux the kernel kills them
+    when it dies (SIGKILL included), where torch's workers would notice only seconds later, or
+    after a stalled read, and print tracebacks of their own.
     """
     for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 @cache
 def end_workers_at_exit() -> None:
     """Kills the DataLoader workers still alive when the main process exits (registered once).
 
-    Workers ignore SIGTERM (above), so after an exception multiprocessing's own exit handler,
+    Workers ignore SIGTERM (init_worker), so after an exception multiprocessing's own exit handler,
     which terminates them with SIGTERM and waits, would wait forever. This handler, registered
     after that one, runs before it. A run that ends normally has no workers left by then.
     """
