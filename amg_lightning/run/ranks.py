@@ -27,7 +27,10 @@ from lightning.fabric.plugins.environments import LightningEnvironment
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies.launchers import subprocess_script
 
+from amg_lightning.utils.signals import STOP_SIGNALS
+
 POLL_S = 0.2
+_STOPPED = {128 + signum for signum in STOP_SIGNALS}
 
 
 class EndWhenARankDies(Callback):
@@ -97,10 +100,22 @@ class EndWhenARankDies(Callback):
 
 
 def _first_death(children: list[subprocess.Popen], first_rank: int) -> str | None:
-    """ "rank R died (how)" for the first child that ended with an error, else None."""
+    """The first child that ended with an error, as "rank R died (how)"; None while none has.
+
+    A child that a stop signal stopped (exit status 128 + the signal) has passed the final
+    barrier, as every rank has by then: it did not die.
+    """
     for rank, child in enumerate(children, start=first_rank):
         code = child.poll()
-        if code:
-            how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
-            return f"rank {rank} died ({how})"
+        if code and code not in _STOPPED:
+            return f"rank {rank} died ({_how(code)})"
     return None
+
+
+def _how(code: int) -> str:
+    if code > 0:
+        return f"exit status {code}"
+    try:
+        return f"killed by {signal.Signals(-code).name}"
+    except ValueError:  # a signal without a name (a real-time one)
+        return f"killed by signal {-code}"
