@@ -1,8 +1,12 @@
-"""A remote shard that stalls becomes one shard-level error record instead of a hang."""
+"""A remote shard that stalls becomes one shard-level error record instead of a hang, and a stop
+signal does not wait for it."""
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -10,8 +14,10 @@ from pathlib import Path
 import pytest
 from hydra.utils import instantiate
 
+from amg_lightning.data.datamodule import WebDatasetDataModule
 from amg_lightning.data.samples import read_shard
 from amg_lightning.run.config import ConfigError, check_config
+from amg_lightning.run.stopping import StopOnSignal
 from tests.helpers.config import compose_config, forget_config
 from tests.helpers.http_shards import http_response, serving
 from tests.helpers.shards import png_bytes, write_tar
@@ -80,3 +86,24 @@ def test_read_timeout_must_be_positive(tmp_path: Path) -> None:
             check_config(cfg)
     finally:
         forget_config()
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_stop_signal_ends_a_wait_for_a_stalled_read(serve, workers: int) -> None:
+    """SIGTERM to this process while its DataLoader waits on a server that never answers (in
+    its own read, or for its worker's): the batches end at once, not after the read timeout."""
+    url = serve(b"")
+    data = WebDatasetDataModule(url, num_workers=workers, read_timeout=60)
+    stopper = StopOnSignal()
+    sigchld = signal.getsignal(signal.SIGCHLD)  # the stop replaces torch's to kill the workers
+    stopper.install()
+    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    started = time.monotonic()
+    try:
+        batches = list(data.predict_dataloader())
+    finally:
+        stopper.restore()
+        signal.signal(signal.SIGCHLD, sigchld)
+    assert time.monotonic() - started < 10
+    assert batches == [] and stopper.signum == signal.SIGTERM
+    assert list(WebDatasetDataModule(url, read_timeout=0.5).predict_dataloader())  # stop forgotten

@@ -53,9 +53,11 @@ class StopOnSignal(Callback):
             signal.signal(signum, self._handle)
 
     def restore(self) -> None:
+        """Puts the handlers found first back; this run's stop no longer ends waits for data."""
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
+        forget_stop_request()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if os.getpid() != self._owner or self.signum is not None:
