@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import json
 import signal
-from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from amg_lightning.results.run_folder import shard_paths, unfinished_shard_paths
-from amg_lightning.results.shards import shard_samples
-from tests.helpers.interrupts import PredictProcess, wait_until, written_keys
+from tests.helpers.interrupts import (
+    PredictProcess,
+    assert_only_complete_shards,
+    resume_and_check,
+    wait_until,
+    written_keys,
+)
 from tests.helpers.jpeg_shards import write_jpeg_shards
 
 pytestmark = pytest.mark.e2e
@@ -36,24 +40,6 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
 
 def start(args: list[str], cwd: Path, name: str = "run") -> PredictProcess:
     return PredictProcess([*RUN, *args], cwd, name)
-
-
-def assert_only_complete_shards(output_dir: Path) -> None:
-    for path in shard_paths(output_dir):
-        shard_samples(path)  # raises for a shard that does not read back completely
-
-
-def resume_and_check(args: list[str], cwd: Path, keys: list[str]) -> dict:
-    """Resume the run to the end: exit 0 and every key exactly once."""
-    resumed = start([*args, "resume=true"], cwd, name="resume")
-    assert resumed.wait(TIMEOUT_S) == 0, resumed.output
-    output_dir = Path(next(a for a in args if a.startswith("output_dir="))[len("output_dir=") :])
-    assert written_keys(output_dir) == Counter(keys)
-    assert not unfinished_shard_paths(output_dir)
-    summary = json.loads((output_dir / "summary.json").read_text())
-    assert summary["interrupted"] is False
-    assert summary["images"] + summary["images_already_done"] == len(keys)
-    return summary
 
 
 @pytest.mark.parametrize(
@@ -88,7 +74,7 @@ def test_signal_stops_cleanly_then_resume_does_the_rest(
     assert not unfinished_shard_paths(out) and not (out / "run.lock").exists()
     assert sum(written_keys(out).values()) == done
 
-    resumed = resume_and_check(args, tmp_path, keys)
+    resumed = resume_and_check([*RUN, *args], tmp_path, keys)
     assert resumed["images_already_done"] == done
 
 
@@ -116,7 +102,7 @@ def test_ddp_sigterm_stops_both_ranks(tmp_path: Path, to_group: bool) -> None:
     assert_only_complete_shards(out)
     assert sum(written_keys(out).values()) == summary["images"]
 
-    resume_and_check(args, tmp_path, keys)
+    resume_and_check([*RUN, *args], tmp_path, keys)
 
 
 def test_ddp_rank_that_finished_its_share_still_stops_the_others(tmp_path: Path) -> None:
@@ -138,7 +124,7 @@ def test_ddp_rank_that_finished_its_share_still_stops_the_others(tmp_path: Path)
     assert summary["interrupted"] is True and summary["images"] < len(keys)
     assert json.loads((out / "counts-r000.json").read_text())["interrupted"] is False
     assert json.loads((out / "counts-r001.json").read_text())["interrupted"] is True
-    resume_and_check(args, tmp_path, keys)
+    resume_and_check([*RUN, *args], tmp_path, keys)
 
 
 def test_kill_during_a_shard_write_leaves_only_complete_shards(
@@ -157,4 +143,4 @@ def test_kill_during_a_shard_write_leaves_only_complete_shards(
     assert unfinished_shard_paths(out)
     assert (out / "run.lock").exists()
     assert_only_complete_shards(out)
-    resume_and_check(args, tmp_path, keys)
+    resume_and_check([*RUN, *args], tmp_path, keys)

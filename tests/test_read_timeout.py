@@ -1,57 +1,33 @@
-"""A remote shard that stalls becomes one shard-level error record instead of a hang."""
+"""A remote shard that stalls becomes one shard-level error record instead of a hang, and a stop
+signal does not wait for it."""
 
 from __future__ import annotations
 
-import socketserver
+import os
+import signal
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 from hydra.utils import instantiate
 
+from amg_lightning.data.datamodule import WebDatasetDataModule
 from amg_lightning.data.samples import read_shard
 from amg_lightning.run.config import ConfigError, check_config
+from amg_lightning.run.stopping import StopOnSignal
 from tests.helpers.config import compose_config, forget_config
+from tests.helpers.http_shards import http_response, serving
 from tests.helpers.shards import png_bytes, write_tar
 
 
-class _StallingServer(socketserver.ThreadingTCPServer):
-    """Answers every request with `head` bytes of a response, then sends nothing more."""
-
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, head: bytes) -> None:
-        self.head = head
-        self.release = threading.Event()
-        super().__init__(("127.0.0.1", 0), _StallingHandler)
-
-
-class _StallingHandler(socketserver.BaseRequestHandler):
-    server: _StallingServer
-
-    def handle(self) -> None:
-        self.request.recv(65536)
-        self.request.sendall(self.server.head)
-        self.server.release.wait(30)  # hold the connection open, silent
-
-
 @pytest.fixture
-def serve() -> Iterator[callable]:
-    servers: list[_StallingServer] = []
-
-    def start(head: bytes) -> str:
-        server = _StallingServer(head)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.server_address[1]}/shard.tar"
-
-    yield start
-    for server in servers:
-        server.release.set()
-        server.shutdown()
-        server.server_close()
+def serve() -> Iterator[Callable[[bytes], str]]:
+    """Starts servers that answer with the bytes given and then stall; returns their urls."""
+    with ExitStack() as servers:
+        yield lambda head: servers.enter_context(serving(head)).url
 
 
 def read_or_hang(url: str) -> list:
@@ -81,8 +57,7 @@ def test_stall_mid_shard_keeps_complete_samples(serve, tmp_path: Path) -> None:
     # Send every byte of both members but not the end-of-archive blocks: "a" is complete (the
     # next key has begun), "b" may still have more members, so the stall comes after "a".
     sent = members[1].offset_data + -(-members[1].size // 512) * 512  # with its padding
-    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body[:sent]
-    url = serve(head)
+    url = serve(http_response(body, sent))
     samples = read_or_hang(url)
     assert [s.key for s in samples] == ["a", url]
     assert samples[0].error is None
@@ -111,3 +86,24 @@ def test_read_timeout_must_be_positive(tmp_path: Path) -> None:
             check_config(cfg)
     finally:
         forget_config()
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_stop_signal_ends_a_wait_for_a_stalled_read(serve, workers: int) -> None:
+    """SIGTERM to this process while its DataLoader waits on a server that never answers (in
+    its own read, or for its worker's): the batches end at once, not after the read timeout."""
+    url = serve(b"")
+    data = WebDatasetDataModule(url, num_workers=workers, read_timeout=60)
+    stopper = StopOnSignal()
+    sigchld = signal.getsignal(signal.SIGCHLD)  # the stop replaces torch's to kill the workers
+    stopper.install()
+    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    started = time.monotonic()
+    try:
+        batches = list(data.predict_dataloader())
+    finally:
+        stopper.restore()
+        signal.signal(signal.SIGCHLD, sigchld)
+    assert time.monotonic() - started < 10
+    assert batches == [] and stopper.signum == signal.SIGTERM
+    assert list(WebDatasetDataModule(url, read_timeout=0.5).predict_dataloader())  # stop forgotten

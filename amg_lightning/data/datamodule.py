@@ -26,7 +26,13 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from amg_lightning.data.count import already_done, count_reader_samples, is_remote
 from amg_lightning.data.decode import DEFAULT_MAX_IMAGE_PIXELS
 from amg_lightning.data.samples import READ_TIMEOUT_S, decode_sample, read_shard
-from amg_lightning.utils.signals import end_workers_at_exit, ignore_stop_signals
+from amg_lightning.utils.signals import (
+    StopRequested,
+    end_workers_at_exit,
+    init_worker,
+    kill_live_workers,
+    waiting_for_data,
+)
 
 Batch = dict[str, list[Any]]
 BATCH_FIELDS = ("key", "url", "file_name", "image", "error")
@@ -136,6 +142,33 @@ class ShardSamples(IterableDataset):
         return self.rank * workers_per_rank + worker_id, self.world_size * workers_per_rank
 
 
+class StoppableDataLoader(DataLoader):
+    """A DataLoader whose wait for the next batch a stop signal ends at once, as the data's end.
+
+    Lightning's prediction loop then ends as after the last batch. The workers are killed, not
+    shut down: one blocked in a stalled read would hold the shutdown until its read timed out.
+    """
+
+    def __iter__(self) -> Iterator[Batch]:
+        return _StoppableBatches(super().__iter__())
+
+
+class _StoppableBatches:
+    def __init__(self, batches: Iterator[Batch]) -> None:
+        self._batches = batches
+
+    def __iter__(self) -> _StoppableBatches:
+        return self
+
+    def __next__(self) -> Batch:
+        try:
+            with waiting_for_data():
+                return next(self._batches)
+        except StopRequested:
+            kill_live_workers()
+            raise StopIteration from None
+
+
 class WebDatasetDataModule(lightning.LightningDataModule):
     """Prediction batches from WebDataset shards, split exactly once over ranks and workers."""
 
@@ -184,7 +217,7 @@ class WebDatasetDataModule(lightning.LightningDataModule):
         )
         return None if counts is None else sum(math.ceil(n / self.batch_size) for n in counts)
 
-    def predict_dataloader(self) -> DataLoader:
+    def predict_dataloader(self) -> StoppableDataLoader:
         if self.num_workers:
             end_workers_at_exit()
         samples = ShardSamples(
@@ -195,11 +228,11 @@ class WebDatasetDataModule(lightning.LightningDataModule):
             self.max_image_pixels,
             self.read_timeout,
         )
-        return DataLoader(
+        return StoppableDataLoader(
             samples,
             batch_size=self.batch_size,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             collate_fn=collate_records,
-            worker_init_fn=ignore_stop_signals,
+            worker_init_fn=init_worker,
         )

@@ -32,6 +32,7 @@ from amg_lightning.run.config import (
 )
 from amg_lightning.run.folder import PreparedFolder, prepare_output_dir, run_identity
 from amg_lightning.run.progress import ThroughputProgressBar
+from amg_lightning.run.ranks import EndWhenARankDies
 from amg_lightning.run.stopping import RunInterrupted, StopOnSignal
 from amg_lightning.run.writer import RleShardWriter
 from amg_lightning.utils.allocator import keep_freed_memory
@@ -183,8 +184,14 @@ def _predict(cfg: DictConfig, stopper: StopOnSignal) -> dict[str, Any] | None:
             config=_recorded_config(cfg),
             interrupted=lambda: stopper.signum is not None,
         )
-        trainer = instantiate(cfg.trainer, callbacks=[writer, stopper, ThroughputProgressBar()])
-        trainer.predict(model, datamodule=datamodule, return_predictions=False)
+        rank_watch = EndWhenARankDies(lambda what: _report_dead_rank(cfg, folder, what))
+        callbacks = [writer, stopper, rank_watch, ThroughputProgressBar()]
+        trainer = instantiate(cfg.trainer, callbacks=callbacks)
+        rank_watch.watch(trainer)
+        try:
+            trainer.predict(model, datamodule=datamodule, return_predictions=False)
+        finally:
+            rank_watch.stop()
         stopper.restore()  # the shards are final: a signal from here on ends the process as usual
         if not trainer.is_global_zero:
             if stopper.signum is not None:
@@ -196,6 +203,15 @@ def _predict(cfg: DictConfig, stopper: StopOnSignal) -> dict[str, Any] | None:
         return summary
     finally:
         folder.release()
+
+
+def _report_dead_rank(cfg: DictConfig, folder: PreparedFolder, what: str) -> None:
+    """The last line when another DDP rank died (run/ranks.py); the lock is released.
+
+    Said by whichever rank survives (`log` speaks from rank 0 only, which may be the dead one).
+    """
+    log.logger.error(f"error: {what}; {_images_written(cfg)}, resume=true continues")
+    folder.release()
 
 
 def _load_model(cfg: DictConfig, checkpoint: Path | None) -> Any:

@@ -10,7 +10,7 @@ from typing import Any
 import lightning
 from lightning.pytorch.callbacks import Callback
 
-from amg_lightning.utils.signals import STOP_SIGNALS
+from amg_lightning.utils.signals import STOP_SIGNALS, forget_stop_request, request_stop
 
 
 class RunInterrupted(Exception):
@@ -33,7 +33,8 @@ class StopOnSignal(Callback):
     The handler only notes the signal, and passes it on to the rank processes Lightning
     started (a signal sent to the main process alone does not reach them). At the next batch
     boundary the prediction loop ends as if the data had, so on every rank the writer closes
-    its open shard, writes its counts and rank 0 the summary. Further signals are ignored.
+    its open shard, writes its counts and rank 0 the summary; a wait for the next batch (a
+    stalled read) ends at once (utils/signals.py). Further signals are ignored.
     Lightning's own SIGTERM handler is replaced while predicting: it would broadcast from
     inside the handler, which can deadlock against the writer's closing barrier.
     """
@@ -43,6 +44,7 @@ class StopOnSignal(Callback):
         self._launcher: Any = None
         self._previous: dict[int, Any] = {}
         self._owner = os.getpid()
+        forget_stop_request()
 
     def install(self) -> None:
         """Handle the stop signals from now on (the handlers found first are kept to restore)."""
@@ -51,9 +53,11 @@ class StopOnSignal(Callback):
             signal.signal(signum, self._handle)
 
     def restore(self) -> None:
+        """Puts the handlers found first back; this run's stop no longer ends waits for data."""
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
+        forget_stop_request()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if os.getpid() != self._owner or self.signum is not None:
@@ -61,6 +65,7 @@ class StopOnSignal(Callback):
         self.signum = signum
         if self._launcher is not None:
             self._launcher.kill(signum)
+        request_stop()  # raises StopRequested if the main process is waiting for data
 
     def on_predict_start(
         self, trainer: lightning.Trainer, pl_module: lightning.LightningModule

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -10,7 +11,8 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from amg_lightning.results.shards import iter_results
+from amg_lightning.results.run_folder import shard_paths, unfinished_shard_paths
+from amg_lightning.results.shards import iter_results, shard_samples
 from tests.helpers.predict import PREDICT
 
 
@@ -65,3 +67,21 @@ def wait_until(condition: Callable[[], bool], timeout: float, process: PredictPr
 def written_keys(output_dir: Path) -> Counter:
     """How often each key is in the complete shards of `output_dir`."""
     return Counter(result["image"]["key"] for result in iter_results(output_dir))
+
+
+def assert_only_complete_shards(output_dir: Path) -> None:
+    for path in shard_paths(output_dir):
+        shard_samples(path)  # raises for a shard that does not read back completely
+
+
+def resume_and_check(args: list[str], cwd: Path, keys: list[str], timeout: float = 240) -> dict:
+    """Resume the run of `args` to the end: exit 0 and every key exactly once; its summary."""
+    resumed = PredictProcess([*args, "resume=true"], cwd, name="resume")
+    assert resumed.wait(timeout) == 0, resumed.output
+    output_dir = Path(next(a for a in args if a.startswith("output_dir="))[len("output_dir=") :])
+    assert written_keys(output_dir) == Counter(keys)
+    assert not unfinished_shard_paths(output_dir)
+    summary = json.loads((output_dir / "summary.json").read_text())
+    assert summary["interrupted"] is False
+    assert summary["images"] + summary["images_already_done"] == len(keys)
+    return summary
