@@ -11,7 +11,6 @@ for a run folder, the names are those of amg-export's PNG folders.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import sys
@@ -25,8 +24,9 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from amg_lightning.data.decode import decode_image
-from amg_lightning.data.samples import ShardSample, decode_sample, read_shard
+from amg_lightning.data.samples import ShardSample, decode_sample
 from amg_lightning.data.tar_reader import DamagedTar
+from amg_lightning.results.inputs import results_with_samples
 from amg_lightning.results.names import UniqueNames
 from amg_lightning.results.shards import iter_results
 
@@ -93,21 +93,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def pictures_from_results(output_dir: Path) -> Iterator[Picture]:
-    """Each result with its own image: the sample of its key in the input shard its
-    `image.url` names, since a sample's identity is its url and key. Names are given in
-    the order of the results, as amg-export gives its folders."""
-    names = UniqueNames()
-    by_shard = itertools.groupby(iter_results(output_dir), key=lambda r: r["image"]["url"])
-    for url, results in by_shard:
-        wanted = {r["image"]["key"]: (names.name_for(r["image"]["key"]), r) for r in results}
-        for sample in read_shard(url):
-            # Error samples (damage, a repeated key) were never segmented; skip them.
-            named = wanted.pop(sample.key, None) if sample.error is None else None
-            picture = None if named is None else _picture(sample, *named)
-            if picture is not None:
-                yield picture
-        for key in wanted:
-            print(f"skipped {key!r}: not found in {url}", file=sys.stderr)
+    """Each result with its own image, the sample of its key in the input shard its
+    `image.url` names (results/inputs.py); named as amg-export names its folders."""
+    for name, result, sample in results_with_samples(iter_results(output_dir)):
+        if sample is None:
+            image = result["image"]
+            print(f"skipped {image['key']!r}: not found in {image['url']}", file=sys.stderr)
+            continue
+        picture = _picture(sample, name, result)
+        if picture is not None:
+            yield picture
 
 
 def _picture(sample: ShardSample, name: str, result: dict[str, Any]) -> Picture | None:
