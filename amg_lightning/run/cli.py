@@ -31,6 +31,7 @@ from amg_lightning.run.config import (
     with_flags_parsed,
 )
 from amg_lightning.run.folder import PreparedFolder, prepare_output_dir, run_identity
+from amg_lightning.run.hydra_dirs import forget_run_dir
 from amg_lightning.run.progress import ThroughputProgressBar
 from amg_lightning.run.stopping import RunInterrupted, StopOnSignal
 from amg_lightning.run.writer import RleShardWriter
@@ -90,6 +91,7 @@ def _main(cfg: DictConfig) -> None:
     except (ConfigError, CheckpointError) as err:
         # One line, even where the cause (torch.load's, say) spans several.
         log.error(f"error: {' '.join(str(err).split())}")
+        forget_run_dir()  # a refused command leaves nothing behind
         sys.exit(2)
     except RunInterrupted as stopped:
         if stopped.summary is not None:  # global rank 0
