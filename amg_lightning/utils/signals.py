@@ -7,13 +7,14 @@ import multiprocessing
 import signal
 from functools import cache
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# SIGUSR2: what submitit (hydra/launcher=submitit_slurm) sends before a time limit or preemption.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
 
 
 def ignore_stop_signals(worker_id: int = 0) -> None:
     """A DataLoader `worker_init_fn`: the main process alone decides when a run stops.
 
-    A SIGTERM or SIGINT sent to the whole process group would otherwise kill the workers, and
+    A stop signal sent to the whole process group would otherwise kill the workers, and
     the main process would end in a DataLoader traceback instead of stopping cleanly. The
     workers still end when the main process shuts them down or dies.
     """
