@@ -192,7 +192,7 @@ def test_hostile_keys_stay_inside_the_named_folders(tmp_path: Path) -> None:
     names = UniqueNames()
     expected = [names.name_for(key) for key in HOSTILE_KEYS]
     assert sorted(p.name for p in png.iterdir()) == sorted(expected)
-    assert sorted(p.name for p in pictures.iterdir()) == sorted(f"{n}.png" for n in expected)
+    assert sorted(p.name for p in pictures.iterdir()) == sorted(f"{n}.jpg" for n in expected)
     coco = json.loads((work / "coco.json").read_text())
     # file_name is the input member's name (key.ext), as COCO importers open it; never a path
     # we write: the export names its own files by safe names.
@@ -225,6 +225,6 @@ def test_visualize_reads_coco_file_names_only_inside_the_images_folder(
     (tmp_path / "masks.json").write_text(json.dumps(coco))
     pictures = tmp_path / "pictures"
     visualize.main([str(tmp_path / "masks.json"), "--images", str(images), "--out", str(pictures)])
-    assert [p.name for p in pictures.iterdir()] == ["sub%2Fin.png"]
+    assert [p.name for p in pictures.iterdir()] == ["sub%2Fin.jpg"]
     skipped = capsys.readouterr().err.splitlines()
     assert skipped == [f"skipped {name!r}: it is outside {images}" for name in names[1:]]

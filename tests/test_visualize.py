@@ -1,7 +1,9 @@
-"""Mask pictures: tint inside masks, outlines on their edges, and the COCO-json command."""
+"""Mask pictures: tint inside masks, outlines on their edges, well-separated colours, labels,
+size bounds, and the command (JPEG or PNG) on a COCO json and on a run folder."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 from pathlib import Path
@@ -10,9 +12,11 @@ import cv2
 import numpy as np
 import pytest
 import webdataset as wds
+from PIL import Image
 from pycocotools import mask as mask_utils
 
-from amg_lightning.results.visualize import draw_masks, mask_colours
+from amg_lightning.results.visualize import draw_masks, mask_colours, mask_label
+from amg_lightning.results.visualize import main as visualize_main
 from tests.helpers.predict import console_command
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,6 +71,17 @@ def test_colours_follow_the_seed(gray_image: np.ndarray) -> None:
     assert not np.array_equal(first[20, 30], first[45, 60])
 
 
+@pytest.mark.parametrize("seed", range(10))
+def test_colours_are_far_apart_and_far_from_grey(seed: int) -> None:
+    colours = mask_colours(12, seed).astype(int)
+    # Chroma (max - min channel) of a grey is 0; of a pure hue at full value, 255.
+    assert (colours.max(axis=1) - colours.min(axis=1)).min() >= 200
+    # Masks next to each other in a record get very different colours, and no two of a
+    # dozen are close.
+    assert min(np.linalg.norm(a - b) for a, b in itertools.pairwise(colours)) >= 250
+    assert min(np.linalg.norm(a - b) for a, b in itertools.combinations(colours, 2)) >= 45
+
+
 def test_small_mask_stays_visible_inside_a_large_one(gray_image: np.ndarray) -> None:
     small, large = square_mask(top=25, left=35, side=6), square_mask(top=5, left=5, side=50)
     drawn = draw_masks(gray_image, [compressed_rle(small), compressed_rle(large)], seed=1)
@@ -81,6 +96,40 @@ def test_uncompressed_rle_draws_the_same(gray_image: np.ndarray) -> None:
         draw_masks(gray_image, [uncompressed_rle(mask)]),
         draw_masks(gray_image, [compressed_rle(mask)]),
     )
+
+
+def test_labels_are_written_inside_their_masks() -> None:
+    image = np.full((200, 300, 3), GRAY, dtype=np.uint8)
+    left, right = np.zeros((200, 300), dtype=bool), np.zeros((200, 300), dtype=bool)
+    left[40:160, 20:140] = True
+    right[60:120, 170:290] = True
+    rles = [compressed_rle(left), compressed_rle(right)]
+    plain = draw_masks(image, rles)
+    labelled = draw_masks(image, rles, labels=["#0 0.97", "#1 0.91"])
+    changed = (plain != labelled).any(axis=2)
+    # Each label is centred in its mask (white text on a black edge), and nothing else changed.
+    assert changed[40:160, 20:140].sum() > 50 and changed[60:120, 170:290].sum() > 50
+    assert not changed[~(left | right)].any()
+    text = labelled[changed]
+    assert (text == 255).all(axis=1).any() and (text == 0).all(axis=1).any()
+
+
+def test_label_is_the_index_and_the_score() -> None:
+    assert mask_label(3, {"predicted_iou": 0.9123, "segmentation": {}}) == "#3 0.91"
+    assert mask_label(0, {"score": 0.5}) == "#0 0.50"  # COCO results
+    assert mask_label(7, {"segmentation": {}}) == "#7"  # a ground-truth json
+
+
+def test_max_side_bounds_the_picture_and_its_masks() -> None:
+    image = np.full((100, 2000, 3), GRAY, dtype=np.uint8)
+    mask = np.zeros((100, 2000), dtype=bool)
+    mask[:, 1000:] = True
+    drawn = draw_masks(image, [compressed_rle(mask)], seed=3, max_side=1600)
+    assert drawn.shape == (80, 1600, 3)
+    colour = mask_colours(1, seed=3)[0].astype(float)
+    np.testing.assert_array_equal(drawn[40, 1200], np.round(0.5 * GRAY + 0.5 * colour))
+    np.testing.assert_array_equal(drawn[40, 400], [GRAY] * 3)
+    assert draw_masks(image, [compressed_rle(mask)], max_side=2000).shape == image.shape
 
 
 def test_no_masks_gives_a_copy(gray_image: np.ndarray) -> None:
@@ -111,10 +160,11 @@ def test_command_draws_a_coco_json(tmp_path: Path) -> None:
     (tmp_path / "masks.json").write_text(json.dumps(coco))
     out = tmp_path / "pictures"
     command = [console_command("amg-visualize"), str(tmp_path / "masks.json")]
-    command += ["--images", str(images), "--out", str(out)]
+    command += ["--images", str(images), "--out", str(out), "--format", "png", "--labels"]
     subprocess.run(command, check=True, capture_output=True)
+    assert [p.name for p in out.iterdir()] == ["square.png"]
     picture = cv2.cvtColor(cv2.imread(str(out / "square.png")), cv2.COLOR_BGR2RGB)
-    expected = draw_masks(photo, [coco["annotations"][0]["segmentation"]])
+    expected = draw_masks(photo, [coco["annotations"][0]["segmentation"]], labels=["#0"])
     np.testing.assert_array_equal(picture, expected)
 
 
@@ -137,7 +187,14 @@ def test_command_draws_prediction_shards_over_their_input_images(tmp_path: Path)
     out = tmp_path / "pictures"
     command = [console_command("amg-visualize"), str(output_dir)]
     subprocess.run([*command, "--out", str(out)], check=True, capture_output=True)
-    assert sorted(p.name for p in out.iterdir()) == ["square.png"]
-    picture = cv2.imread(str(out / "square.png"))
+    assert sorted(p.name for p in out.iterdir()) == ["square.jpg"]
+    with Image.open(out / "square.jpg") as picture:
+        assert picture.format == "JPEG"
+        pixels = np.asarray(picture.convert("RGB"), dtype=float)
     expected = draw_masks(cv2.cvtColor(photo, cv2.COLOR_BGR2RGB), [rle])
-    np.testing.assert_array_equal(cv2.cvtColor(picture, cv2.COLOR_BGR2RGB), expected)
+    assert np.abs(pixels - expected).mean() < 2  # JPEG at quality 90
+
+    small = tmp_path / "small"
+    visualize_main([str(output_dir), "--out", str(small), "--max-side", "40"])
+    with Image.open(small / "square.jpg") as picture:
+        assert picture.size == (40, 30)

@@ -267,7 +267,7 @@ class SignalAtBatch(lightning.Callback):
             os.kill(os.getpid(), self.signum)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR2])
 def test_stop_signal_ends_prediction_at_a_batch_boundary(
     tmp_path: Path, inputs: tuple[str, list[str]], signum: int
 ) -> None:
@@ -275,7 +275,7 @@ def test_stop_signal_ends_prediction_at_a_batch_boundary(
     out = tmp_path / "out"
     stopper = StopOnSignal()
     writer = RleShardWriter(str(out), shard_size=10, interrupted=lambda: stopper.signum is not None)
-    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)}
     stopper.install()  # as the entry point does, before Lightning adds its own handlers
     trainer = cpu_trainer([writer, stopper, SignalAtBatch(signum, at=1)])
     data = WebDatasetDataModule(url, batch_size=2)

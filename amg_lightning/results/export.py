@@ -1,11 +1,14 @@
 """Export a run's RLE shards as COCO jsons, amg.py's PNG mask folders, SA-1B jsons.
 
 amg-export RUN_DIR --coco masks.json --coco-results results.json --png masks/ --sa1b sa1b/
+amg-export RUN_DIR --coco masks.json --images images/
 
 Each image's PNG folder and SA-1B json is named by `UniqueNames` (results/names.py): the
 key made safe, and `~2`, `~3`, ... for the same key met again (from another input shard),
 in the order of the run's shards. COCO images keep the image member's name (`key.ext`) as
-`file_name` and the input shard as `url`.
+`file_name` and the input shard as `url`; with --images, the images are copied out of their
+input shards into that folder, named as the PNG folders plus their extension, and
+`file_name` is that name.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from amg_lightning.data.samples import ShardSample
 from amg_lightning.data.tar_reader import DamagedTar
+from amg_lightning.results.inputs import image_file, image_size, results_with_samples
 from amg_lightning.results.names import UniqueNames
 from amg_lightning.results.run_folder import shard_paths
 from amg_lightning.results.shards import iter_results
@@ -166,6 +171,47 @@ def write_sa1b(results: Iterable[dict[str, Any]], output_dir: str | Path) -> int
     return written
 
 
+def extract_images(
+    results: Iterable[dict[str, Any]], images_dir: Path
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Write each result's input image into `images_dir` (see inputs.image_file), named
+    safely; returns the results, `file_name` set to the written file's name, and a line for
+    each image that could not be written (those keep their member name as `file_name`).
+    """
+    images_dir.mkdir(parents=True, exist_ok=True)
+    extracted, problems = [], []
+    for name, result, sample in results_with_samples(results):
+        try:
+            data, extension = _image_to_copy(result, sample)
+        except ValueError as problem:
+            problems.append(str(problem))
+        else:
+            file_name = f"{name}.{extension}"
+            (images_dir / file_name).write_bytes(data)
+            result = {**result, "image": {**result["image"], "file_name": file_name}}
+        extracted.append(result)
+    return extracted, problems
+
+
+def _image_to_copy(result: dict[str, Any], sample: ShardSample | None) -> tuple[bytes, str]:
+    """The image file of a result's sample and its extension; ValueError saying why not."""
+    image = result["image"]
+    where = f"{image['key']!r} in {image['url']}"
+    if sample is None:
+        raise ValueError(f"{where}: not found")
+    try:
+        data, extension = image_file(sample)
+        height, width = image_size(data)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{where}: its image does not open: {error}") from None
+    if (height, width) != (image["height"], image["width"]):
+        raise ValueError(
+            f"{where}: its image is {height}x{width}, not the "
+            f"{image['height']}x{image['width']} it was segmented at"
+        )
+    return data, extension
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("output_dir", type=Path, help="the run's output folder of masks-*.tar")
@@ -177,23 +223,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=Path,
         help="write a COCO results json (a list of scored annotations, for COCO.loadRes) here",
     )
+    parser.add_argument(
+        "--images",
+        type=Path,
+        help="with --coco: copy the input images here; file_name is the copied file's name",
+    )
     parser.add_argument("--png", type=Path, help="write a folder of masks per image here")
     parser.add_argument("--sa1b", type=Path, help="write one SA-1B json per image here")
     args = parser.parse_args(argv)
     if all(v is None for v in (args.coco, args.coco_results, args.png, args.sa1b)):
         parser.error("give one or more of --coco, --coco-results, --png, --sa1b")
+    if args.images is not None and args.coco is None:
+        parser.error("--images goes with --coco, whose file_names name the copied images")
     return args
 
 
-def _export(shards: list[Path], args: argparse.Namespace) -> None:
-    """Write what was asked for; raises DamagedTar, naming the shard, if one is damaged."""
+def _export(shards: list[Path], args: argparse.Namespace) -> list[str]:
+    """Write what was asked for; returns a line for each image --images could not copy.
+
+    Raises DamagedTar, naming the shard, if one is damaged.
+    """
     coco_path, png_dir, sa1b_dir = args.coco, args.png, args.sa1b
+    problems: list[str] = []
     if coco_path is not None:
-        coco = coco_results(iter_results(shards))
+        results: Iterable[dict[str, Any]] = iter_results(shards)
+        if args.images is not None:
+            results, problems = extract_images(results, args.images)
+        coco = coco_results(results)
         coco_path.parent.mkdir(parents=True, exist_ok=True)
         coco_path.write_text(json.dumps(coco))
         counts = f"{len(coco['images'])} images, {len(coco['annotations'])} masks"
         print(f"wrote {counts} to {coco_path}")
+        if args.images is not None:
+            copied = len(coco["images"]) - len(problems)
+            print(f"copied {copied} images to {args.images}")
     if args.coco_results is not None:
         scored = coco_result_list(iter_results(shards))
         args.coco_results.parent.mkdir(parents=True, exist_ok=True)
@@ -205,6 +268,7 @@ def _export(shards: list[Path], args: argparse.Namespace) -> None:
     if sa1b_dir is not None:
         images = write_sa1b(iter_results(shards), sa1b_dir)
         print(f"wrote SA-1B jsons for {images} images to {sa1b_dir}")
+    return problems
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -214,11 +278,18 @@ def main(argv: list[str] | None = None) -> int:
     if not shards:
         sys.exit(f"no complete masks-*.tar shards in {args.output_dir}")
     try:
-        _export(shards, args)
+        problems = _export(shards, args)
     except DamagedTar as damage:
         sys.exit(f"error: {damage}")
     except RecordWithoutIdsError as err:
         sys.exit(f"error: {err}: its shards were written by an older version; predict them again")
+    for problem in problems:
+        print(f"not copied: {problem}", file=sys.stderr)
+    if problems:
+        sys.exit(
+            f"error: {len(problems)} images not copied to {args.images} (listed above); "
+            f"{args.coco} names them by their member names"
+        )
     return 0
 
 

@@ -16,6 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException, InstantiationException, OverrideParseException
 from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 
 from amg_lightning.core.embedding_cache import EmbeddingCache
@@ -31,6 +32,7 @@ from amg_lightning.run.config import (
     with_flags_parsed,
 )
 from amg_lightning.run.folder import PreparedFolder, prepare_output_dir, run_identity
+from amg_lightning.run.hydra_dirs import forget_run_dir
 from amg_lightning.run.progress import ThroughputProgressBar
 from amg_lightning.run.ranks import EndWhenARankDies
 from amg_lightning.run.stopping import RunInterrupted, StopOnSignal
@@ -73,7 +75,8 @@ def _main(cfg: DictConfig) -> None:
     """The run, once Hydra has composed the config; a mistake in the config or inputs ends with
     one line and exit code 2.
 
-    A run stopped by SIGTERM or SIGINT ends with one line and 128 + the signal's number.
+    A run stopped by SIGTERM, SIGINT or SIGUSR2 ends with one line and 128 + the signal's
+    number; under submitit, whose handler then requeues the job, as that handler ends it.
     """
     # Batches stay on the host on purpose (crops are cut there), and the writer needs no
     # batch indices: Lightning's warnings about both would only confuse.
@@ -91,11 +94,13 @@ def _main(cfg: DictConfig) -> None:
     except (ConfigError, CheckpointError) as err:
         # One line, even where the cause (torch.load's, say) spans several.
         log.error(f"error: {' '.join(str(err).split())}")
+        forget_run_dir()  # a refused command leaves nothing behind
         sys.exit(2)
     except RunInterrupted as stopped:
         if stopped.summary is not None:  # global rank 0
             handled = stopped.summary["images"] + stopped.summary["errors"]
             log.warning(f"interrupted after {handled} images; rerun with resume=true")
+        stopped.pass_on()  # the shards are complete: now submitit may requeue the job
         sys.exit(stopped.exit_code)
     except TooManyErrors as failed:
         log.error(f"failed: {failed}")
@@ -195,11 +200,11 @@ def _predict(cfg: DictConfig, stopper: StopOnSignal) -> dict[str, Any] | None:
         stopper.restore()  # the shards are final: a signal from here on ends the process as usual
         if not trainer.is_global_zero:
             if stopper.signum is not None:
-                raise RunInterrupted(stopper.signum, None)
+                raise stopper.interruption(None)
             return None
         summary = _finish_summary(cfg, output_dir, folder, identity, model)
         if summary["interrupted"]:  # on any rank
-            raise RunInterrupted(stopper.signum, summary)
+            raise stopper.interruption(summary)
         return summary
     finally:
         folder.release()
@@ -287,24 +292,38 @@ def _check_errors(summary: dict[str, Any], max_fraction: float, output_dir: Path
 def _sweep_job_needs_own_process(cfg: DictConfig) -> bool:
     """True for a multirun job whose DDP processes Lightning would start.
 
-    Lightning restarts the script for each extra rank with the original command line, which
-    in a multirun would run the whole sweep again, into the wrong directory. Such a job runs
-    instead as a single run of its own, in its job directory, where the restart is right.
+    Lightning restarts the running program for each extra rank with its command line, which
+    in a multirun would run the whole sweep again, into the wrong directory (or, under
+    submitit, submitit's job runner). Such a job runs instead as a single run of its own, in
+    its job directory, where the restart is right. Ranks that torchrun or srun started (a
+    submitit_slurm job with tasks_per_node > 1) are each a rank already.
     """
-    launched_externally = "LOCAL_RANK" in os.environ
+    launched_externally = "LOCAL_RANK" in os.environ or SLURMEnvironment.detect()
     is_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     return is_sweep and "ddp" in str(cfg.trainer.strategy) and not launched_externally
 
 
 def _run_in_own_process() -> None:
+    """The job as a single run of this module in a child process, which gets the stop
+    signals this process receives; ends as the child did."""
     hydra_cfg = HydraConfig.get()
     job_dir = hydra_cfg.runtime.output_dir
-    command = [sys.executable, sys.argv[0], *hydra_cfg.overrides.task]
+    # __spec__.name: this module by its import name, also when it runs as `python -m`.
+    command = [sys.executable, "-m", __spec__.name, *hydra_cfg.overrides.task]
     command += [f'hydra.run.dir="{job_dir}"', "hydra.output_subdir=null"]
-    finished = subprocess.run(command, cwd=hydra.utils.get_original_cwd())
-    if finished.returncode != 0:
+    stopper = StopOnSignal()
+    stopper.install()
+    try:
+        with subprocess.Popen(command, cwd=hydra.utils.get_original_cwd()) as child:
+            stopper.forward_to(child.send_signal)
+            returncode = child.wait()
+    finally:
+        stopper.restore()
+    if stopper.signum is not None:
+        raise stopper.interruption(None)  # the child has said how far it got
+    if returncode != 0:
         # The job's own process has said what went wrong; end the same way, not with a traceback.
-        sys.exit(finished.returncode)
+        sys.exit(returncode)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from amg_lightning.core.models import MODEL_TYPES
 from amg_lightning.core.settings import SETTING_NAMES, AmgSettings
 from amg_lightning.data.count import is_count_mode
 from amg_lightning.results.run_folder import SHARD_OUTPUT_MODE
+from amg_lightning.run.hydra_dirs import output_dir_is_named
 from amg_lightning.run.inputs import CHANGED_SHARD_POLICIES
 
 
@@ -111,7 +112,7 @@ def check_config(cfg: DictConfig) -> None:
     _check_trainer(cfg.trainer)
     if cfg.eval.gt is not None:
         _check_ground_truth(cfg.eval.gt)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _output_dir_is_fixed():
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not output_dir_is_named():
         raise ConfigError(
             "processes started by torchrun or SLURM must share one output_dir: pass output_dir=PATH"
         )
@@ -173,15 +174,3 @@ def _check_counting(data: DictConfig) -> None:
 def _check_seconds(name: str, seconds: Any) -> None:
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0:
         raise ConfigError(f"{name} must be a number > 0, got {seconds!r}")
-
-
-def _output_dir_is_fixed() -> bool:
-    """Whether every process resolves the same output_dir (not one stamped with its start time)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return True
-    overrides = HydraConfig.get().overrides
-    return any(o.startswith("output_dir=") for o in overrides.task) or any(
-        o.startswith("hydra.run.dir=") for o in overrides.hydra
-    )

@@ -11,7 +11,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# SIGUSR2: what submitit (hydra/launcher=submitit_slurm) sends before a time limit or preemption.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 # Process-wide, as signal handlers are: whether the main process waits for the next batch, and
@@ -64,7 +65,7 @@ def init_worker(worker_id: int = 0) -> None:
     """A DataLoader `worker_init_fn`: the main process alone decides when a run stops, and its
     workers die with it.
 
-    A SIGTERM or SIGINT sent to the whole process group would otherwise kill the workers, and
+    A stop signal sent to the whole process group would otherwise kill the workers, and
     the main process would end in a DataLoader traceback instead of stopping cleanly. The
     workers still end when the main process shuts them down; on Linux the kernel kills them
     when it dies (SIGKILL included), where torch's workers would notice only seconds later, or
