@@ -65,6 +65,14 @@ class AutomaticMaskGenerator:
         self.settings = AmgSettings(**{**family_defaults(self.family.name), **settings})
         for error in family_errors(self.family.name, self.settings):
             raise ValueError(error)
+        if self.family.name == "sam2" and self.settings.min_mask_region_area > 0:
+            # SAM 2 hands the area to its CUDA extension, which fills holes and removes
+            # islands in the low-res logits; where the extension is missing (always on the
+            # CPU) it skips that step, and its generator has no other: neither do we.
+            log.warning(
+                "min_mask_region_area changes no SAM 2 mask here: SAM2AutomaticMaskGenerator "
+                "without its CUDA extension skips the low-res hole filling (docs/sam2.md)"
+            )
         self.model = model
         self.fast = fast and _bfloat16_supported(self.device)
         if fast and not self.fast:
@@ -411,7 +419,8 @@ class AutomaticMaskGenerator:
     def _records(self, masks: MaskData, image_size: tuple[int, int]) -> list[dict[str, Any]]:
         """Small-region removal, and the output records."""
         s = self.settings
-        if s.min_mask_region_area > 0 and len(masks):
+        # SAM2AutomaticMaskGenerator never runs this step (see __init__).
+        if s.min_mask_region_area > 0 and len(masks) and self.family.name == "sam":
             masks = self._remove_small_regions(
                 masks, image_size, max(s.box_nms_thresh, s.crop_nms_thresh)
             )
