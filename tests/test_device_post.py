@@ -9,12 +9,12 @@ import torch
 from mobile_sam import SamAutomaticMaskGenerator
 from mobile_sam.utils import amg as ref
 from pycocotools import mask as coco_mask
+from torch.nn import functional as F
 
 from amg_lightning import AutomaticMaskGenerator
 from amg_lightning.core import device_post, rle
-from amg_lightning.core.boxes import box_nms
+from amg_lightning.core.boxes import box_nms, mask_boxes
 from amg_lightning.core.decoder import PointDecoder
-from amg_lightning.core.full_res import DenseMasks
 from amg_lightning.core.masks import CropFrame
 from tests.helpers.images import read_photo
 
@@ -66,15 +66,7 @@ def test_mask_boxes_are_the_references():
     masks = random_masks(CROPS["inner"], seed=3)
     masks[4] = False
     masks[4, 7, 11] = True  # a single pixel
-    assert device_post.mask_boxes(masks).tolist() == ref.batched_mask_to_box(masks).tolist()
-
-
-@pytest.mark.parametrize("width", [1, 8, 13])
-def test_packed_bits_unpack_to_the_masks(width):
-    masks = torch.rand(3, 5, width, generator=torch.Generator().manual_seed(width)) > 0.5
-    packed = device_post.pack_bits(masks)
-    assert packed.shape == (3, 5, -(-width // 8))
-    assert torch.equal(device_post.unpack_bits(packed, width), masks)
+    assert mask_boxes(masks).tolist() == ref.batched_mask_to_box(masks).tolist()
 
 
 def test_true_indices_keep_order():
@@ -84,8 +76,8 @@ def test_true_indices_keep_order():
 
 @pytest.mark.parametrize("stability_thresh", [0.0, 0.4])
 def test_filter_step_keeps_what_the_host_step_keeps(tiny_sam, stability_thresh):
-    """Crafted crop-frame logits: interior, cut by an inner crop edge, at the image's edge,
-    unstable; the device step keeps the same masks with the same columns and RLEs."""
+    """Crafted logits: interior, cut by an inner crop edge, at the image's edge, unstable;
+    the device step keeps the same masks with the same columns and RLEs as the host step."""
     crop_box = (60, 40, 160, 120)  # right and bottom edges are the image's
     logits = torch.full((5, 80, 100), -10.0)
     logits[0, 30:50, 30:60] = 10  # interior: kept
@@ -97,18 +89,20 @@ def test_filter_step_keeps_what_the_host_step_keeps(tiny_sam, stability_thresh):
     iou_preds = torch.linspace(0.9, 0.99, 5)
     frame = CropFrame(crop_box, (120, 160), (64, 80))
     generator = AutomaticMaskGenerator(tiny_sam, stability_score_thresh=stability_thresh)
-    host = generator._filter_full_res(
-        DenseMasks(logits, 0.0, 1.0), iou_preds, points.double(), frame
-    )
+    resize = generator.family.resize(generator.decoder, frame)
+    # The same shapes in the low-res frame, which both steps resize to the crop.
+    low_res = F.interpolate(logits[:, None], resize.low_res_shape, mode="nearest")[:, 0]
+    masks = resize.masks(low_res, 0.0, 1.0)
+    host = generator._filter_full_res(masks, iou_preds, points.double(), frame)
     boxes = torch.tensor([crop_box, frame.image_box])
     on_device = device_post.compact(
         [
             device_post.filter_masks(
-                logits, 0.0, 1.0, stability_thresh, iou_preds, points.double(), boxes
+                masks, low_res, stability_thresh, iou_preds, points.double(), boxes
             )
         ]
     )
-    (ours,) = device_post.to_host([device_post.Survivors(on_device, frame)])
+    (ours,) = device_post.to_host([device_post.Survivors(on_device, frame, resize, 0.0)])
     assert len(host) == (2 if stability_thresh else 3)
     assert [c.tolist() for c in ours.rles] == [c.tolist() for c in host.rles]
     for column in ("boxes", "iou_preds", "stability", "points", "crop_boxes"):
@@ -153,16 +147,18 @@ def assert_reference_postprocessing(sam, image: np.ndarray, settings: dict, crop
     crop_h, crop_w = frame.crop_size
     points = torch.as_tensor(ours.point_grids[layer] * [crop_w, crop_h], device=device)
     boxes = torch.tensor([frame.box, frame.image_box], device=device)
+    resize = ours.family.resize(ours.decoder, frame)
     step = ours.settings.points_per_batch  # the reference's batches
     parts = []
     for k, (low_res, iou_preds) in enumerate(captured):
         batch = slice(k * step, (k + 1) * step)
         upscale = lambda prompts, extent, low_res=low_res: low_res[prompts]  # noqa: E731
-        masks = ours.masks_on_device(iou_preds, upscale, points[batch], frame, boxes)
+        masks = ours.masks_on_device(iou_preds, upscale, points[batch], resize, boxes)
         parts += [masks] if masks is not None else []
     masks = device_post.DeviceMasks.cat(parts)
     keep = box_nms(masks.boxes, masks.iou_preds, ours.settings.box_nms_thresh)
-    (got,) = device_post.to_host([device_post.Survivors(masks.select(keep), frame)])
+    survivors = device_post.Survivors(masks.select(keep), frame, resize, sam.mask_threshold)
+    (got,) = device_post.to_host([survivors])
     assert len(got) == len(expected["rles"]) >= 3
     assert [c.tolist() for c in got.rles] == [r["counts"] for r in expected["rles"]]
     assert torch.equal(got.boxes, expected["boxes"].cpu().long())

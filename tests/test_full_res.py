@@ -62,6 +62,9 @@ def assert_tiled_equals_dense(resize: CropResize, low_res: torch.Tensor, thresho
     assert isinstance(tiled, TiledMasks)  # the generator's choice on the CPU
     dense = resize.dense_masks(low_res, threshold, offset)
     torch.testing.assert_close(tiled.stability(), dense.stability(), rtol=0, atol=0, equal_nan=True)
+    # The device path's view of the same masks: whole binary masks and their boxes.
+    assert torch.equal(tiled.binary(), dense.binary())
+    assert torch.equal(tiled.boxes(), dense.boxes())
     everything = torch.arange(len(low_res))
     crop_box = [40, 30, 40 + resize.crop_size[1], 30 + resize.crop_size[0]]
     image_size = (resize.crop_size[0] + 50, resize.crop_size[1] + 60)

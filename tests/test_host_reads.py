@@ -12,11 +12,12 @@ from amg_lightning import AutomaticMaskGenerator
 from amg_lightning.core.grids import crop_boxes
 from tests.helpers.host_reads import count_host_reads
 
-# Per decode batch: how many masks pass the IoU filter, and how many pass the rest (whatever
-# the slices of full-resolution work). Per crop: its NMS and the survivors'
-# change positions. Per image: cross-crop NMS and its kept indices, the packed copy, and the
-# record columns read into Python (5, then 1 for the cross-crop order).
-PER_BATCH, PER_CROP, PER_IMAGE = 2, 2, 9
+# Per decode batch: how many masks pass the IoU filter, which tiles to resize (once per slice
+# of full-resolution work: one slice holds upscale_budget_mb of masks), and how many pass the
+# rest. Per crop: its NMS, which of the survivors' tiles to resize, and their change
+# positions. Per image: cross-crop NMS and its kept indices, the packed copy, and the record
+# columns read into Python (5, then 1 for the cross-crop order).
+PER_BATCH, PER_CROP, PER_IMAGE = 3, 3, 9
 SETTINGS = {
     "points_per_side": 8,
     "points_per_batch": 16,
@@ -25,7 +26,6 @@ SETTINGS = {
     "crop_nms_thresh": 1.0,
     "output_mode": "coco_rle",
     "postprocess": "device",
-    "upscale_budget_mb": 2,  # several slices of full-resolution work per decode batch
 }
 
 

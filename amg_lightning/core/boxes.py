@@ -28,3 +28,16 @@ def xyxy_to_xywh(boxes: Tensor) -> Tensor:
 def box_nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     """Indices kept by non-maximum suppression, highest score first."""
     return nms(boxes.float(), scores.float(), iou_threshold)
+
+
+def mask_boxes(binary: Tensor) -> Tensor:
+    """Inclusive XYXY boxes (int64) of B x h x w masks, as the reference's
+    batched_mask_to_box: [0, 0, 0, 0] for an empty mask."""
+    rows, cols = binary.any(dim=2), binary.any(dim=1)  # B x h, B x w
+    h, w = rows.shape[1], cols.shape[1]
+    top = rows.to(torch.uint8).argmax(dim=1)
+    bottom = h - 1 - rows.flip(1).to(torch.uint8).argmax(dim=1)
+    left = cols.to(torch.uint8).argmax(dim=1)
+    right = w - 1 - cols.flip(1).to(torch.uint8).argmax(dim=1)
+    boxes = torch.stack([left, top, right, bottom], dim=1)
+    return boxes * rows.any(dim=1, keepdim=True)

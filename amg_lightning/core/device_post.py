@@ -2,14 +2,15 @@
 
 The host path (`full_res.TiledMasks`, `rle.encode_changes`) reads change positions back for
 every mask that passes the stability filter and builds its RLE there. Here, per decode
-batch, the stability and crop-edge filters, binary masks and boxes stay on the device; the
-batch's masks are compacted after one read of how many pass, however many slices its
-full-resolution work takes. Binary masks are kept eight pixels to a byte until NMS has
-chosen the survivors. NMS runs on the device, on the same
-candidates in the same order as the reference (whose NMS also runs on its masks' device),
-and RLE is built only for the survivors: change positions, then run lengths, on the
-device. Everything a record needs is then packed into one int64 tensor and copied to the
-host once per image.
+batch, stability scores and boxes come from the full-resolution stage (tiled where its
+arithmetic is the device's own, else dense: `full_res.CropResize.masks`) and the stability
+and crop-edge filters run on the device; the batch's masks are compacted after one read of
+how many pass. Until NMS has chosen the survivors, a mask is kept as its low-res logits
+(smaller than its binary mask at full resolution). NMS runs on the device, on the same
+candidates in the same order as the reference (whose NMS also runs on its masks' device).
+Only the survivors are resized again, to binary masks, and RLE is built for them alone:
+change positions, then run lengths, on the device. Everything a record needs is then
+packed into one int64 tensor and copied to the host once per image.
 
 Run lengths are COCO's: column-major in the image, zeros first. A mask's lengths are
 followed by one more, the background after its last change, which is zero when the mask
@@ -27,7 +28,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from amg_lightning.core.boxes import near_crop_edge
-from amg_lightning.core.full_res import stability_score
+from amg_lightning.core.full_res import CropResize, DenseMasks, TiledMasks
 from amg_lightning.core.masks import CropFrame, MaskData
 
 
@@ -37,45 +38,12 @@ def true_indices(flags: Tensor, count: int) -> Tensor:
     return torch.argsort((~flags).to(torch.uint8), stable=True)[:count]
 
 
-def pack_bits(binary: Tensor) -> Tensor:
-    """N x h x w booleans -> N x h x ceil(w / 8) bytes, eight pixels of a row to a byte."""
-    count, h, w = binary.shape
-    pad = torch.zeros(count, h, -w % 8, dtype=torch.bool, device=binary.device)
-    octets = torch.cat([binary, pad], dim=2).view(count, h, -(-w // 8), 8).to(torch.uint8)
-    return (octets << _bits(binary.device)).sum(dim=3, dtype=torch.uint8)
-
-
-def _bits(device: torch.device) -> Tensor:
-    """Bit k of a byte holds pixel k of its eight; made on the device (a copy from the host
-    would wait for CUDA)."""
-    return torch.arange(8, dtype=torch.uint8, device=device)
-
-
-def unpack_bits(packed: Tensor, width: int) -> Tensor:
-    """The N x h x `width` booleans of `pack_bits`."""
-    bits = (packed[..., None] >> _bits(packed.device)) & 1
-    return bits.view(*packed.shape[:2], 8 * packed.shape[2])[..., :width].bool()
-
-
-def mask_boxes(binary: Tensor) -> Tensor:
-    """Inclusive XYXY boxes (int64) of B x h x w masks, as the reference's
-    batched_mask_to_box: [0, 0, 0, 0] for an empty mask."""
-    rows, cols = binary.any(dim=2), binary.any(dim=1)  # B x h, B x w
-    h, w = rows.shape[1], cols.shape[1]
-    top = rows.to(torch.uint8).argmax(dim=1)
-    bottom = h - 1 - rows.flip(1).to(torch.uint8).argmax(dim=1)
-    left = cols.to(torch.uint8).argmax(dim=1)
-    right = w - 1 - cols.flip(1).to(torch.uint8).argmax(dim=1)
-    boxes = torch.stack([left, top, right, bottom], dim=1)
-    return boxes * rows.any(dim=1, keepdim=True)
-
-
 @dataclass
 class DeviceMasks:
-    """Masks of one crop on their device: crop-sized binary masks and their record columns
-    (boxes, points and crop boxes in the image frame)."""
+    """Masks of one crop on their device: their low-res logits (the crop's part) and their
+    record columns (boxes and points in the image frame)."""
 
-    packed: Tensor  # N x h x ceil(w / 8) uint8: the binary masks (`pack_bits`)
+    low_res: Tensor  # N x h x w float32
     boxes: Tensor  # N x 4 int64, inclusive XYXY
     iou_preds: Tensor  # N float32
     stability: Tensor  # N float32
@@ -86,10 +54,9 @@ class DeviceMasks:
         return cls(**{f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in fields(cls)})
 
     @classmethod
-    def empty(cls, frame: CropFrame, device: torch.device) -> DeviceMasks:
-        h, w = frame.crop_size
+    def empty(cls, resize: CropResize, device: torch.device) -> DeviceMasks:
         return cls(
-            packed=torch.zeros(0, h, -(-w // 8), dtype=torch.uint8, device=device),
+            low_res=torch.zeros(0, *resize.low_res_shape, device=device),
             boxes=torch.zeros(0, 4, dtype=torch.long, device=device),
             iou_preds=torch.zeros(0, device=device),
             stability=torch.zeros(0, device=device),
@@ -104,28 +71,25 @@ class DeviceMasks:
 
 
 def filter_masks(
-    logits: Tensor,
-    threshold: float,
-    offset: float,
+    masks: TiledMasks | DenseMasks,
+    low_res: Tensor,
     stability_thresh: float,
     iou_preds: Tensor,
     points: Tensor,
     boxes: Tensor,
 ) -> tuple[DeviceMasks, Tensor]:
-    """K x h x w crop-sized logits as masks, and which of them pass the stability and
-    crop-edge filters (K booleans), without a read back. `boxes` (2 x 4, on the device): the
-    crop's and the image's XYXY boxes; `points` are in the crop's frame."""
-    stability = stability_score(logits, threshold, offset)
-    binary = logits > threshold
+    """K masks (from their K low-res maps) and which of them pass the stability and crop-edge
+    filters (K booleans), without a read back. `boxes` (2 x 4, on the device): the crop's and
+    the image's XYXY boxes; `points` are in the crop's frame."""
+    stability = masks.stability()
     crop_box, image_box = boxes
     corner = crop_box[:2]
-    mask_box = mask_boxes(binary) + corner.repeat(2)
+    mask_box = masks.boxes() + corner.repeat(2)
     keep = ~near_crop_edge(mask_box, crop_box, image_box)
     if stability_thresh > 0:
         keep &= stability >= stability_thresh
     image_points = points + corner.to(points.dtype)
-    masks = DeviceMasks(pack_bits(binary), mask_box, iou_preds, stability, image_points)
-    return masks, keep
+    return DeviceMasks(low_res, mask_box, iou_preds, stability, image_points), keep
 
 
 def compact(parts: list[tuple[DeviceMasks, Tensor]]) -> DeviceMasks:
@@ -177,10 +141,13 @@ def _lengths(positions: Tensor, mask: Tensor, count: int, total: int) -> tuple[T
 
 @dataclass
 class Survivors:
-    """Masks of one crop kept by every filter and NMS, in record order, and their crop box."""
+    """Masks of one crop kept by every filter and NMS, in record order; their crop box; and
+    how their low-res logits become binary masks (the crop's resize, the mask threshold)."""
 
     masks: DeviceMasks
     frame: CropFrame
+    resize: CropResize
+    threshold: float
 
 
 def to_host(crops: list[Survivors]) -> list[MaskData]:
@@ -188,7 +155,7 @@ def to_host(crops: list[Survivors]) -> list[MaskData]:
     parts, layout = [], []
     for crop in crops:
         masks = crop.masks
-        binary = unpack_bits(masks.packed, crop.frame.crop_size[1])
+        binary = crop.resize.binary_masks(masks.low_res, crop.threshold)
         lengths, per_mask = run_lengths(binary, crop.frame)
         floats = torch.cat(
             [masks.iou_preds.double(), masks.stability.double(), masks.points.flatten()]

@@ -14,11 +14,12 @@ does it: each axis's source indices and weights are computed as the kernel compu
 each blend is rounded as the kernel rounds it (one fused multiply-add). `CropResize.exact`
 checks this once per geometry and device on a random probe against F.interpolate; where it
 differs (another device or build), `CropResize.masks` resizes every pixel with F.interpolate.
+The tiles work on the logits' device, with one read back per call (which tiles to resize).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import cache
 
 import numpy as np
@@ -26,16 +27,19 @@ import torch
 from torch import Tensor
 
 from amg_lightning.core import rle
+from amg_lightning.core.boxes import mask_boxes
 from amg_lightning.core.decoder import upscale_to_crop
 
 # Crop pixels per tile side: smaller tiles follow mask edges more closely, larger ones cost
 # less bookkeeping.
 _TILE = 32  # `_count_tiles` needs TILE * TILE to be a multiple of 8 below 2048
-# Tiles resized at once. A step's temporaries (8 float tensors of TILE^2 per tile, 16 MiB)
-# stay under glibc's trim threshold, so each step reuses the memory of the one before; at
-# 2048 tiles they did not, and dog.jpg's full-resolution stage faulted 0.7 million fresh
-# pages in (and took a third longer) under the default allocator.
-_TILES_PER_STEP = 512
+# Tiles resized at once on the CPU. A step's temporaries (8 float tensors of TILE^2 per tile,
+# 16 MiB) stay under glibc's trim threshold, so each step reuses the memory of the one before;
+# at 2048 tiles they did not, and dog.jpg's full-resolution stage faulted 0.7 million fresh
+# pages in (and took a third longer) under the default allocator. CUDA's allocator reuses any
+# size, and small steps there would only add kernel launches.
+_TILES_PER_STEP = {"cpu": 512}
+_DEVICE_TILES_PER_STEP = 32768
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,9 @@ class Axis:
             self.first_weight[index],
             self.second_weight[index],
         )
+
+    def to(self, device: torch.device) -> Axis:
+        return Axis(*(getattr(self, f.name).to(device) for f in fields(self)))
 
     def shifted(self, start: Tensor) -> Axis:
         """Source indices counted from `start`."""
@@ -122,7 +129,7 @@ def _take_rows(blocks: Tensor, index: Tensor) -> Tensor:
     Copied a row at a time, in a third of the time indexing takes element by element.
     """
     b, r, c = blocks.shape
-    flat = (torch.arange(b)[:, None] * r + index).flatten()
+    flat = (torch.arange(b, device=index.device)[:, None] * r + index).flatten()
     return blocks.reshape(b * r, c).index_select(0, flat).view(b, -1, c)
 
 
@@ -164,6 +171,9 @@ class Tiles:
         """Pixels per tile."""
         return self.valid.sum(dim=1)
 
+    def to(self, device: torch.device) -> Tiles:
+        return Tiles(*(getattr(self, f.name).to(device) for f in fields(self)))
+
 
 def _every_index(low: Tensor, high: Tensor) -> Tensor:
     """Per row, every index from `low` to `high`, padded by repeating `high`: rows x span."""
@@ -189,8 +199,22 @@ class CropResize:
         self.rows = Tiles.of(first, rows, crop_size[0])
         self.cols = Tiles.of(first, cols, crop_size[1])
         self.tile_areas = self.rows.sizes[:, None] * self.cols.sizes[None, :]
+        self.has_repeats = bool(crop_size[0] % _TILE or crop_size[1] % _TILE)
+        self._on_device: dict[torch.device, tuple[Tiles, Tiles, Tensor]] = {}
         # The top-left rows x columns of the low-res map the crop depends on.
         self.low_res_shape = tuple(int(first.second[side - 1]) + 1 for side in input_size)
+
+    def tiles_on(self, device: torch.device) -> tuple[Tiles, Tiles, Tensor]:
+        """Row tiles, column tiles and tile areas on `device`, copied there once."""
+        if device.type == "cpu":
+            return self.rows, self.cols, self.tile_areas
+        if device not in self._on_device:
+            self._on_device[device] = (
+                self.rows.to(device),
+                self.cols.to(device),
+                self.tile_areas.to(device),
+            )
+        return self._on_device[device]
 
     def embedding_extent(self, upscale_factor: int) -> tuple[int, int]:
         """The top-left rows x columns of the embedding grid whose logits the crop depends on,
@@ -211,36 +235,39 @@ class CropResize:
         return DenseMasks(logits[:, 0], threshold, offset)
 
     def tiled_masks(self, low_res: Tensor, threshold: float, offset: float) -> TiledMasks:
-        """The masks with only the tiles that a cutoff crosses resized (CPU arithmetic)."""
-        cutoffs = torch.tensor([threshold - offset, threshold, threshold + offset])
+        """The masks with only the tiles that a cutoff crosses resized (the kernel's arithmetic)."""
+        cutoffs = [threshold - offset, threshold, threshold + offset]
+        _, _, tile_areas = self.tiles_on(low_res.device)
         above, decided = self._decide(low_res, cutoffs)
-        counts = (above & decided[:, None]).mul(self.tile_areas).sum(dim=(2, 3), dtype=torch.int32)
+        counts = (above & decided[:, None]).mul(tile_areas).sum(dim=(2, 3), dtype=torch.int32)
         tiles = (~decided).nonzero()  # (mask, tile row, tile column) to resize
         binary = self._resize_tiles(low_res, tiles, cutoffs, counts)
         return TiledMasks(self, counts, above[:, 1] & decided, tiles, binary)
 
-    def _decide(self, low_res: Tensor, cutoffs: Tensor) -> tuple[Tensor, Tensor]:
+    def _decide(self, low_res: Tensor, cutoffs: list[float]) -> tuple[Tensor, Tensor]:
         """Which tiles lie wholly above each cutoff (K x 3 x tile rows x tile columns), and
         which lie wholly above or below every cutoff (K x tile rows x tile columns)."""
         lowest, highest = self._tile_bounds(low_res)
         # A resized pixel can pass its sources' extremes by a few float32 roundings of the
         # map's largest magnitude: a tile is decided only with this margin to spare.
-        margin = 1e-5 * low_res.abs().amax(dim=(1, 2)).clamp_min(1.0)[:, None, None, None]
-        above = lowest[:, None] > cutoffs[:, None, None] + margin
-        below = highest[:, None] < cutoffs[:, None, None] - margin
+        margin = 1e-5 * low_res.abs().amax(dim=(1, 2)).clamp_min(1.0)[:, None, None]
+        above = torch.stack([lowest > cutoff + margin for cutoff in cutoffs], dim=1)
+        below = torch.stack([highest < cutoff - margin for cutoff in cutoffs], dim=1)
         return above, (above | below).all(dim=1)
 
     def _resize_tiles(
-        self, low_res: Tensor, tiles: Tensor, cutoffs: Tensor, counts: Tensor
+        self, low_res: Tensor, tiles: Tensor, cutoffs: list[float], counts: Tensor
     ) -> Tensor:
         """Resizes the undecided tiles, adds their pixels above each cutoff to `counts`, and
         returns their masks at the threshold (the middle cutoff): B x TILE x TILE."""
-        binary = torch.empty(len(tiles), _TILE, _TILE, dtype=torch.bool)
-        for start in range(0, len(tiles), _TILES_PER_STEP):
-            part = tiles[start : start + _TILES_PER_STEP]
+        device = low_res.device
+        binary = torch.empty(len(tiles), _TILE, _TILE, dtype=torch.bool, device=device)
+        step = _TILES_PER_STEP.get(device.type, _DEVICE_TILES_PER_STEP)
+        for start in range(0, len(tiles), step):
+            part = tiles[start : start + step]
             values = self.tile_values(low_res, part)
             self._drop_repeats(values, part)
-            for c, cutoff in enumerate(cutoffs.tolist()):
+            for c, cutoff in enumerate(cutoffs):
                 # The threshold's masks are kept: written straight into `binary`.
                 out = binary[start : start + len(part)] if c == 1 else None
                 above_cutoff = torch.gt(values, cutoff, out=out)
@@ -249,23 +276,23 @@ class CropResize:
 
     def _drop_repeats(self, values: Tensor, tiles: Tensor) -> None:
         """Sets the pixels that repeat the crop's last row or column to -inf, so that they
-        count at no cutoff. Only tiles in the last tile row or column have them."""
-        rows, cols = self.rows, self.cols
+        count at no cutoff. Every tile is masked: finding the few in the last tile row or
+        column first would be a read back (a synchronisation on CUDA)."""
+        if not self.has_repeats:
+            return
+        rows, cols, _ = self.tiles_on(values.device)
         i, j = tiles[:, 1], tiles[:, 2]
-        edge = ((i == len(rows.pixels) - 1) | (j == len(cols.pixels) - 1)).nonzero()[:, 0]
-        if len(edge):
-            i, j = i[edge], j[edge]
-            repeats = ~(rows.valid[i, :, None] & cols.valid[j, None, :])
-            values[edge] = values[edge].masked_fill_(repeats, -torch.inf)
+        values.masked_fill_(~(rows.valid[i, :, None] & cols.valid[j, None, :]), -torch.inf)
 
     def _tile_bounds(self, low_res: Tensor) -> tuple[Tensor, Tensor]:
         """Least and greatest low-res logit each tile depends on: K x tile rows x tile columns.
 
         Input-sized logits are convex combinations of low-res ones, so these bound the tile.
         """
-        row_low, row_high = low_res[:, self.rows.low_reads].aminmax(dim=2)  # K x tile rows x w
-        low = row_low[:, :, self.cols.low_reads].amin(dim=3)
-        high = row_high[:, :, self.cols.low_reads].amax(dim=3)
+        rows, cols, _ = self.tiles_on(low_res.device)
+        row_low, row_high = low_res[:, rows.low_reads].aminmax(dim=2)  # K x tile rows x w
+        low = row_low[:, :, cols.low_reads].amin(dim=3)
+        high = row_high[:, :, cols.low_reads].amax(dim=3)
         return low, high
 
     def tile_values(self, low_res: Tensor, tiles: Tensor) -> Tensor:
@@ -274,7 +301,7 @@ class CropResize:
         Each tile's block of low-res sources is cut out, resized to the input-sized logits the
         tile reads, then to the tile.
         """
-        rows, cols = self.rows, self.cols
+        rows, cols, _ = self.tiles_on(low_res.device)
         i, j = tiles[:, 1], tiles[:, 2]
         row_reads, col_reads = rows.low_reads[i], cols.low_reads[j]
         height, width = low_res.shape[1:]
@@ -283,6 +310,10 @@ class CropResize:
         block = low_res.take(flat[:, :, None] + col_reads[:, None, :])  # B x row x column span
         mid = _resize_block(block, rows.read_sources.take(i), cols.read_sources.take(j))
         return _resize_block(mid, rows.sources.take(i), cols.sources.take(j))
+
+    def binary_masks(self, low_res: Tensor, threshold: float) -> Tensor:
+        """K x h x w low-res maps as crop-sized binary masks at `threshold`."""
+        return self.masks(low_res, threshold, 0.0).binary()
 
     def bytes_per_mask(self, device: torch.device) -> int:
         """Memory one mask takes in `masks`: tiled, its low-res logits and their bounds;
@@ -293,20 +324,14 @@ class CropResize:
             tile_cols, col_span = self.cols.low_reads.shape
             bounds = tile_rows * (row_span + 2) * cols + 2 * tile_rows * tile_cols * col_span
             return 4 * (rows * cols + bounds)
-        return self.dense_bytes_per_mask()
-
-    def dense_bytes_per_mask(self) -> int:
-        """Memory one mask takes in `dense_masks`: its logits at the encoder's and crop's size."""
         return 4 * (self.crop_size[0] * self.crop_size[1] * 3 + self.encoder_size**2)
 
     @torch.no_grad()
     def exact(self, device: torch.device) -> bool:
-        """Whether the tiled resize equals F.interpolate's on `device` (checked once).
-
-        Only the CPU kernel's arithmetic is reproduced; other devices resize densely.
-        """
-        return device.type == "cpu" and _probe_matches(
-            self.low_size, self.encoder_size, self.input_size, self.crop_size
+        """Whether the tiled resize equals F.interpolate's on `device` (checked once per
+        geometry and device); where it does not, masks are resized densely."""
+        return _probe_matches(
+            self.low_size, self.encoder_size, self.input_size, self.crop_size, str(device)
         )
 
 
@@ -324,11 +349,49 @@ class TiledMasks:
         self.resize = resize
         self.counts = counts  # K x 3: pixels above threshold - offset, threshold, + offset
         self.inside = inside  # K x tile rows x tile columns: decided tiles inside the mask
-        self.tiles, self.binary = tiles, binary  # the resized tiles and their masks
+        self.tiles, self.binary_tiles = tiles, binary  # the resized tiles and their masks
 
     def stability(self) -> Tensor:
         """As `stability_score` of the full logits."""
         return self.counts[:, 2] / self.counts[:, 0]
+
+    def binary(self) -> Tensor:
+        """The K x h x w masks at the threshold: decided tiles whole, resized ones drawn in."""
+        height, width = self.resize.crop_size
+        count, tile_rows, tile_cols = self.inside.shape
+        shape = (count, tile_rows, _TILE, tile_cols, _TILE)
+        full = self.inside[:, :, None, :, None].expand(shape).clone()
+        mask, i, j = self.tiles.T
+        full[mask, i, :, j] = self.binary_tiles
+        return full.view(count, tile_rows * _TILE, tile_cols * _TILE)[:, :height, :width]
+
+    def boxes(self) -> Tensor:
+        """Inclusive XYXY boxes (int64, crop frame) of the masks at the threshold, as the
+        reference's batched_mask_to_box: from the decided tiles inside each mask, widened by
+        the pixels of its resized tiles; [0, 0, 0, 0] for an empty mask."""
+        height, width = self.resize.crop_size
+        device = self.inside.device
+        far = height + width  # beyond any pixel: no least row or column yet
+        first_row = torch.arange(self.inside.shape[1], device=device) * _TILE
+        first_col = torch.arange(self.inside.shape[2], device=device) * _TILE
+        last_row = (first_row + _TILE - 1).clamp_max(height - 1)
+        last_col = (first_col + _TILE - 1).clamp_max(width - 1)
+        rows, cols = self.inside.any(dim=2), self.inside.any(dim=1)
+        top = torch.where(rows, first_row, far).amin(dim=1)
+        bottom = torch.where(rows, last_row, -1).amax(dim=1)
+        left = torch.where(cols, first_col, far).amin(dim=1)
+        right = torch.where(cols, last_col, -1).amax(dim=1)
+        mask, i, j = self.tiles.T
+        offsets = torch.arange(_TILE, device=device)
+        tile_rows = i[:, None] * _TILE + offsets  # crop row of each tile row: T x TILE
+        tile_cols = j[:, None] * _TILE + offsets
+        in_row, in_col = self.binary_tiles.any(dim=2), self.binary_tiles.any(dim=1)
+        top = top.scatter_reduce(0, mask, torch.where(in_row, tile_rows, far).amin(1), "amin")
+        bottom = bottom.scatter_reduce(0, mask, torch.where(in_row, tile_rows, -1).amax(1), "amax")
+        left = left.scatter_reduce(0, mask, torch.where(in_col, tile_cols, far).amin(1), "amin")
+        right = right.scatter_reduce(0, mask, torch.where(in_col, tile_cols, -1).amax(1), "amax")
+        boxes = torch.stack([left, top, right, bottom], dim=1)
+        return boxes.masked_fill((bottom < 0)[:, None], 0)
 
     def encode(self, keep: Tensor, crop_box: list[int], image_size: tuple[int, int]) -> rle.Encoded:
         """RLEs and boxes, in the image, of the binary masks at indices `keep`."""
@@ -343,7 +406,7 @@ class TiledMasks:
         slot = torch.full((len(self.inside),), -1, dtype=torch.long)
         slot[keep] = torch.arange(count)
         kept = slot[self.tiles[:, 0]] >= 0
-        binary, (mask, i, j) = self.binary[kept], self.tiles[kept].T
+        binary, (mask, i, j) = self.binary_tiles[kept], self.tiles[kept].T
         mask = slot[mask]
         # The first and last pixel row of every tile row, then the changes between them.
         first = self.inside[keep][..., None].expand(-1, -1, -1, _TILE).clone()
@@ -379,6 +442,12 @@ class DenseMasks:
     def stability(self) -> Tensor:
         return stability_score(self.logits, self.threshold, self.offset)
 
+    def binary(self) -> Tensor:
+        return self.logits > self.threshold
+
+    def boxes(self) -> Tensor:
+        return mask_boxes(self.binary())
+
     def encode(self, keep: Tensor, crop_box: list[int], image_size: tuple[int, int]) -> rle.Encoded:
         return rle.encode_in_image((self.logits > self.threshold)[keep], crop_box, image_size)
 
@@ -408,15 +477,16 @@ def _probe_matches(
     encoder_size: int,
     input_size: tuple[int, int],
     crop_size: tuple[int, int],
+    device: str,
 ) -> bool:
     generator = torch.Generator().manual_seed(0)
-    probe = torch.randn(1, low_size, low_size, generator=generator) * 8
-    expected = upscale_to_crop(probe[:, None], encoder_size, input_size, crop_size)[:, 0]
+    probe = (torch.randn(1, low_size, low_size, generator=generator) * 8).to(device)
+    expected = upscale_to_crop(probe[:, None], encoder_size, input_size, crop_size)[0, 0].cpu()
     resize = crop_resize(low_size, encoder_size, input_size, crop_size)
     rows, cols = len(resize.rows.pixels), len(resize.cols.pixels)
     tiles = torch.cartesian_prod(torch.tensor([0]), torch.arange(rows), torch.arange(cols))
     values = torch.empty_like(expected)
     row_pixels = resize.rows.pixels[tiles[:, 1], :, None]
     col_pixels = resize.cols.pixels[tiles[:, 2], None, :]
-    values[tiles[:, 0, None, None], row_pixels, col_pixels] = resize.tile_values(probe, tiles)
+    values[row_pixels, col_pixels] = resize.tile_values(probe, tiles.to(device)).cpu()
     return torch.equal(values, expected)

@@ -211,6 +211,7 @@ class AutomaticMaskGenerator:
         # Copied to the device once per crop: on CUDA each copy from the host waits for it.
         crop_points, model_points = self.family.prompts(points, frame)
         boxes = torch.tensor([frame.box, frame.image_box], device=self.device)
+        resize = self.family.resize(self.decoder, frame)
         ctx = self.family.prepare(self.decoder, embedding)
         step = prompts_per_batch(
             ctx.keys.shape[1], ctx.keys.shape[2], self.device, self.settings.points_per_batch
@@ -226,25 +227,28 @@ class AutomaticMaskGenerator:
                     return self.decoder.upscale(ctx, tokens, prompts, extent)
 
             masks = self.masks_on_device(
-                tokens.iou_preds.float(), upscale, crop_points[batch], frame, boxes
+                tokens.iou_preds.float(), upscale, crop_points[batch], resize, boxes
             )
             parts += [masks] if masks is not None else []
-        if not parts:
-            return device_post.Survivors(device_post.DeviceMasks.empty(frame, self.device), frame)
-        masks = device_post.DeviceMasks.cat(parts)
-        keep = box_nms(masks.boxes, masks.iou_preds, self.settings.box_nms_thresh)
-        return device_post.Survivors(masks.select(keep), frame)
+        survivors = device_post.DeviceMasks.empty(resize, self.device)
+        if parts:
+            masks = device_post.DeviceMasks.cat(parts)
+            survivors = masks.select(
+                box_nms(masks.boxes, masks.iou_preds, self.settings.box_nms_thresh)
+            )
+        return device_post.Survivors(survivors, frame, resize, self.mask_threshold)
 
     def masks_on_device(
         self,
         iou_preds: Tensor,
         upscale: Callable[[Tensor, tuple[int, int]], Tensor],
         points: Tensor,
-        frame: CropFrame,
+        resize: CropResize,
         boxes: Tensor,
     ) -> device_post.DeviceMasks | None:
         """The masks of one decode batch that pass every per-mask filter, on the device: one
-        read of how many pass the IoU filter, one of how many pass the rest.
+        read of how many pass the IoU filter, one per slice of full-resolution work (which
+        tiles to resize), one of how many pass the rest.
 
         `iou_preds` (B x K masks) and `points` (B x 2, crop frame) are the batch's; `upscale`
         gives the low-res logits (P x K x h x w) of prompts at the given indices, at least
@@ -264,7 +268,6 @@ class AutomaticMaskGenerator:
         flat = device_post.true_indices(passed.flatten(), mask_count)  # (prompt, mask) order
         masks_per_prompt = iou_preds.shape[1]
         prompt_of_mask, mask_of_prompt = flat // masks_per_prompt, flat % masks_per_prompt
-        resize = self.family.resize(self.decoder, frame)
         low_res = upscale(prompts, resize.embedding_extent(self.decoder.upscale_factor))
         row_of_mask = (per_prompt.cumsum(0) - 1)[prompt_of_mask]  # the prompt's row in low_res
         mask_points = points[prompt_of_mask]
@@ -272,14 +275,14 @@ class AutomaticMaskGenerator:
         budget = full_res_bytes(self.device, s.upscale_budget_mb * 2**20, host_path=False)
         candidates = []
         with record_function("amg.full_resolution"):
-            for chunk in self._chunks(mask_count, resize.dense_bytes_per_mask(), budget):
+            for chunk in self._chunks(mask_count, resize.bytes_per_mask(self.device), budget):
+                # A copy, not a view of the decoder's workspace: it is kept until NMS.
                 chunk_low_res = low_res[row_of_mask[chunk], mask_of_prompt[chunk]].float()
-                logits = resize.dense_masks(chunk_low_res, 0.0, 0.0).logits
+                masks = resize.masks(chunk_low_res, self.mask_threshold, s.stability_score_offset)
                 candidates.append(
                     device_post.filter_masks(
-                        logits,
-                        self.mask_threshold,
-                        s.stability_score_offset,
+                        masks,
+                        chunk_low_res,
                         s.stability_score_thresh,
                         mask_ious[chunk],
                         mask_points[chunk],
@@ -403,7 +406,10 @@ class AutomaticMaskGenerator:
         ]
         survivors = [
             device_post.Survivors(
-                c.masks.select(torch.tensor(k, dtype=torch.long, device=self.device)), c.frame
+                c.masks.select(torch.tensor(k, dtype=torch.long, device=self.device)),
+                c.frame,
+                c.resize,
+                c.threshold,
             )
             for c, k in zip(crops, kept, strict=True)
         ]
