@@ -71,7 +71,8 @@ def test_open_settings_match_the_reference(sharp_sam2, random_image, settings, p
     settings = {**OPEN, **settings}
     ours = AutomaticMaskGenerator(sharp_sam2, postprocess=postprocess, **settings)
     expected = reference(sharp_sam2, random_image, **settings)
-    assert len(expected) >= 4 * 4 * 3
+    masks_per_point = 3 if settings.get("multimask_output", True) else 1
+    assert len(expected) >= 4 * 4 * masks_per_point  # every filter open: most masks remain
     assert_same_records(
         ours.generate(random_image), expected, score_tol=TINY_SCORE_TOL, pixel_tol=TINY_PIXEL_TOL
     )
