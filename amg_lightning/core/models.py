@@ -15,6 +15,7 @@ from amg_lightning.core.sam2_models import (
     SAM2_MODEL_TYPES,
     build_sam2_model,
     detect_sam2_type,
+    is_sam2,
     sam2_size,
 )
 
@@ -164,3 +165,22 @@ def build_sam(model_type: str, checkpoint: str | Path | None = None) -> nn.Modul
                 f"checkpoint {checkpoint} does not fit {model_type}: {first}"
             ) from None
     return sam.eval()
+
+
+def sharpen(model: nn.Module, mask_scale: float = 300.0, iou_scale: float = 100.0) -> nn.Module:
+    """Random weights made to segment, in place: the mask logits scaled by `mask_scale`, so
+    that stabilities spread and masks differ per point, and for SAM 2 the IoU head's logits
+    by `iou_scale`, so that its sigmoid IoUs spread from 0 to 1 instead of lying near 0.5
+    (SAM 1's IoUs are not squashed and stay). For tests and timings with random weights."""
+    sam2 = is_sam2(model)
+    decoder = model.sam_mask_decoder if sam2 else model.mask_decoder
+    last_layers = [mlp.layers[-1] for mlp in decoder.output_hypernetworks_mlps]
+    scales = [mask_scale] * len(last_layers)
+    if sam2:
+        last_layers.append(decoder.iou_prediction_head.layers[-1])
+        scales.append(iou_scale)
+    with torch.no_grad():
+        for layer, scale in zip(last_layers, scales, strict=True):
+            layer.weight.mul_(scale)
+            layer.bias.mul_(scale)
+    return model
