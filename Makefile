@@ -24,6 +24,8 @@ $(VENV_PYTHON):
 $(INSTALLED): pyproject.toml | $(VENV_PYTHON)
 	$(VENV_PYTHON) -m pip install $(TORCH_PACKAGES)
 	$(VENV_PYTHON) -m pip install -e ".[dev,demo]"
+	# SAM 2 (the parity tests' reference): built against the torch above, without CUDA kernels.
+	SAM2_BUILD_CUDA=0 $(VENV_PYTHON) -m pip install --no-build-isolation -e ".[sam2]"
 	touch $@
 
 test: $(INSTALLED)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from amg_lightning.core.models import CheckpointError, build_sam
+from amg_lightning.core.models import CheckpointError, build_sam, sharpen
 from amg_lightning.run.checkpoints import resolve_checkpoint
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
@@ -31,14 +31,23 @@ def tiny_sam() -> torch.nn.Module:
 
 @pytest.fixture(scope="session")
 def sharp_sam() -> torch.nn.Module:
-    """The tiny SAM with its mask logits scaled by 300: stabilities spread from 0.5 to 0.95 and
-    masks differ per point, so every filter has masks to keep and to remove."""
-    sam = build_sam("tiny")
-    with torch.no_grad():
-        for mlp in sam.mask_decoder.output_hypernetworks_mlps:
-            mlp.layers[-1].weight.mul_(300)
-            mlp.layers[-1].bias.mul_(300)
-    return sam
+    """The tiny SAM with its mask logits scaled by 300 (core.models.sharpen): stabilities
+    spread from 0.5 to 0.95 and masks differ per point, so every filter has masks to keep and
+    to remove."""
+    return sharpen(build_sam("tiny"))
+
+
+@pytest.fixture(scope="session")
+def tiny_sam2() -> torch.nn.Module:
+    """A randomly initialised SAM 2.1 with a 256-pixel input (core/sam2_models.py)."""
+    return build_sam("tiny_sam2")
+
+
+@pytest.fixture(scope="session")
+def sharp_sam2() -> torch.nn.Module:
+    """tiny_sam2 sharpened as sharp_sam, and its IoU head's logits scaled by 100 so that
+    predicted IoUs (a sigmoid) spread from 0 to 1 instead of all lying near 0.5."""
+    return sharpen(build_sam("tiny_sam2"))
 
 
 @pytest.fixture(scope="session")
@@ -81,13 +90,15 @@ def random_image() -> np.ndarray:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
-    """Under AMG_TEST_STRICT=1 a skip fails, except a GPU test's on a machine without CUDA."""
+    """Under AMG_TEST_STRICT=1 a skip fails, except a GPU test's on a machine without CUDA
+    and a SAM 2 checkpoint test's without AMG_TEST_SAM2_CHECKPOINT (none is fetched)."""
     outcome = yield
     report = outcome.get_result()
     if (
         report.skipped
         and os.environ.get("AMG_TEST_STRICT") == "1"
         and item.get_closest_marker("gpu") is None
+        and item.get_closest_marker("sam2_checkpoint") is None
     ):
         report.outcome = "failed"
         report.longrepr = f"skipped under AMG_TEST_STRICT=1: {report.longrepr}"

@@ -15,7 +15,6 @@ from amg_lightning import AutomaticMaskGenerator
 from amg_lightning.core import device_post, rle
 from amg_lightning.core.boxes import box_nms, mask_boxes
 from amg_lightning.core.decoder import PointDecoder
-from amg_lightning.core.full_res import crop_resize
 from amg_lightning.core.masks import CropFrame
 from tests.helpers.images import read_photo
 
@@ -90,9 +89,7 @@ def test_filter_step_keeps_what_the_host_step_keeps(tiny_sam, stability_thresh):
     iou_preds = torch.linspace(0.9, 0.99, 5)
     frame = CropFrame(crop_box, (120, 160), (64, 80))
     generator = AutomaticMaskGenerator(tiny_sam, stability_score_thresh=stability_thresh)
-    resize = crop_resize(
-        generator.decoder.low_res_size, generator.encoder_size, frame.input_size, frame.crop_size
-    )
+    resize = generator.family.resize(generator.decoder, frame)
     # The same shapes in the low-res frame, which both steps resize to the crop.
     low_res = F.interpolate(logits[:, None], resize.low_res_shape, mode="nearest")[:, 0]
     masks = resize.masks(low_res, 0.0, 1.0)
@@ -150,9 +147,7 @@ def assert_reference_postprocessing(sam, image: np.ndarray, settings: dict, crop
     crop_h, crop_w = frame.crop_size
     points = torch.as_tensor(ours.point_grids[layer] * [crop_w, crop_h], device=device)
     boxes = torch.tensor([frame.box, frame.image_box], device=device)
-    resize = crop_resize(
-        ours.decoder.low_res_size, ours.encoder_size, frame.input_size, frame.crop_size
-    )
+    resize = ours.family.resize(ours.decoder, frame)
     step = ours.settings.points_per_batch  # the reference's batches
     parts = []
     for k, (low_res, iou_preds) in enumerate(captured):

@@ -21,7 +21,7 @@ import torch
 from amg_lightning.bench import generate, pipeline, tiling, tiling_figure
 from amg_lightning.bench.machine import git_commit, hardware
 from amg_lightning.bench.report import print_table, write_outputs
-from amg_lightning.core.models import MODEL_TYPES
+from amg_lightning.core.models import MODEL_TYPES, RANDOM_MODEL_TYPES
 
 
 def _common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -83,12 +83,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def weights_label(args: argparse.Namespace) -> str:
+    """What the model's weights are: "checkpoint", "random" or "sharpened random"."""
+    if args.checkpoint is not None:
+        return "checkpoint"
+    if args.command == "pipeline" and args.model_type not in RANDOM_MODEL_TYPES:
+        return "checkpoint"  # predict.py resolves the official file
+    return "sharpened random" if getattr(args, "sharpen", False) else "random"
+
+
 def common_fields(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "git_commit": git_commit(),
         "model_type": args.model_type,
         "checkpoint": str(args.checkpoint) if args.checkpoint else None,
+        "weights": weights_label(args),
         "device": args.device,
         "settings": generate.generator_settings(args),
         "keep_freed_memory": bool(args.keep_freed_memory),

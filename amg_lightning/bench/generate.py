@@ -1,5 +1,8 @@
 """`amg-bench generate`: our generator against SAM's reference, side by side in one process.
 
+The reference is the model family's own: segment_anything's SamAutomaticMaskGenerator
+(mobile_sam's copy for vit_t), sam2's SAM2AutomaticMaskGenerator for SAM 2 models.
+
 Both run on the same model object, images and settings: one untimed warm-up call of each on
 the first image, then per round and image the reference, ours and (with --fast) our fast mode,
 one after another, so load from other work falls on all of them alike. Reported per mode:
@@ -23,6 +26,7 @@ import torch
 from amg_lightning.bench import parity
 from amg_lightning.bench.images import Image, image_set_label, load_images
 from amg_lightning.bench.machine import Call, hardware_label, mb, measure, process_max_rss
+from amg_lightning.core.models import model_family
 
 # Flag -> generator argument; only the flags given are passed (else the reference's defaults).
 SETTING_FLAGS = (
@@ -32,6 +36,9 @@ SETTING_FLAGS = (
     "pred_iou_thresh",
     "stability_score_thresh",
     "min_mask_region_area",
+    "stability_score_offset",
+    "crop_n_points_downscale_factor",
+    "use_m2m",
 )
 PARITY_FIELDS = (
     "exact_parity",
@@ -61,8 +68,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     settings = parser.add_argument_group("generator settings (default: the reference's)")
     for name in SETTING_FLAGS:
-        kind = float if name.endswith("thresh") else int
-        settings.add_argument("--" + name.replace("_", "-"), type=kind)
+        flag = "--" + name.replace("_", "-")
+        if name == "use_m2m":  # absent: None, so the reference's default applies
+            settings.add_argument(flag, action="store_true", default=None, help="SAM 2 only")
+        else:
+            kind = float if name.endswith(("thresh", "offset")) else int
+            settings.add_argument(flag, type=kind)
+    parser.add_argument(
+        "--sharpen",
+        action="store_true",
+        help="random weights made to segment (core.models.sharpen): scaled mask logits, and "
+        "SAM 2's IoU logits, so that masks differ per point and pass the default thresholds",
+    )
     parser.add_argument(
         "--stages",
         action="store_true",
@@ -104,6 +121,10 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         parser.error("give --images and/or --synthetic-size")
     if args.against == "exact" and not args.fast:
         parser.error("--against exact compares fast mode with exact mode: add --fast")
+    if args.sharpen and args.checkpoint is not None:
+        parser.error("--sharpen changes random weights: leave out --checkpoint")
+    if args.use_m2m and model_family(args.model_type) != "sam2":
+        parser.error(f"--use-m2m is a SAM 2 setting; {args.model_type} is a SAM 1 model")
 
 
 def generator_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -125,17 +146,35 @@ class Mode:
     stages: dict[str, float] | None = None  # seconds per image in each amg.* range
 
 
-def build_modes(model: torch.nn.Module, args: argparse.Namespace) -> list[Mode]:
-    from amg_lightning import AutomaticMaskGenerator
+def sam2_reference(model: torch.nn.Module, **settings: Any):
+    """sam2's SAM2AutomaticMaskGenerator on `model`. Its image predictor assumes a 1024-pixel
+    input for the feature map sizes; they are set to the model's own (tiny_sam2: 256)."""
+    from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
 
-    if args.model_type == "vit_t":
+    generator = SAM2AutomaticMaskGenerator(model, **settings)
+    side = model.image_size // 4
+    generator.predictor._bb_feat_sizes = [(side, side), (side // 2, side // 2), (side // 4,) * 2]
+    return generator
+
+
+def reference_generator(model_type: str) -> Callable[..., Any]:
+    """The family's reference generator class (or factory) for `model_type`."""
+    if model_family(model_type) == "sam2":
+        return sam2_reference
+    if model_type == "vit_t":
         from amg_lightning.core.models import quiet_mobile_sam_import
 
         with quiet_mobile_sam_import():
             from mobile_sam import SamAutomaticMaskGenerator
     else:
         from segment_anything import SamAutomaticMaskGenerator
+    return SamAutomaticMaskGenerator
 
+
+def build_modes(model: torch.nn.Module, args: argparse.Namespace) -> list[Mode]:
+    from amg_lightning import AutomaticMaskGenerator
+
+    reference_class = reference_generator(args.model_type)
     settings = {**generator_settings(args), "output_mode": "coco_rle"}
     light = {**settings, "points_per_side": 2}
     modes = [
@@ -149,9 +188,9 @@ def build_modes(model: torch.nn.Module, args: argparse.Namespace) -> list[Mode]:
     if args.against == "reference":
         reference = Mode(
             "reference",
-            SamAutomaticMaskGenerator(model, **settings).generate,
+            reference_class(model, **settings).generate,
             args.reference_rounds,
-            SamAutomaticMaskGenerator(model, **light).generate,
+            reference_class(model, **light).generate,
         )
         modes.insert(0, reference)
     if args.fast:
@@ -279,15 +318,20 @@ def mode_row(mode: Mode, reference: Mode, common: dict[str, Any]) -> dict[str, A
 
 def run(args: argparse.Namespace, common: dict[str, Any]) -> list[dict[str, Any]]:
     from amg_lightning import build_sam
+    from amg_lightning.core.models import sharpen
 
     images = load_images(args.images, args.max_images, args.resize_long_side, args.synthetic_size)
     # Exactness on CUDA is defined with TF32 off for both sides (cuDNN's default is on).
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    model = build_sam(args.model_type, args.checkpoint).to(args.device)
+    model = build_sam(args.model_type, args.checkpoint)
+    if args.sharpen:
+        sharpen(model)
+    model = model.to(args.device)
     modes = build_modes(model, args)
     hw = common["hardware"]
     print(
-        f"{args.model_type} on {args.device} ({hardware_label(hw)}), torch {hw['torch']}; "
+        f"{args.model_type} ({common['weights']} weights) on {args.device} "
+        f"({hardware_label(hw)}), torch {hw['torch']}; "
         f"{image_set_label(images)}; settings {generator_settings(args) or 'defaults'}",
         flush=True,
     )

@@ -36,6 +36,12 @@ TABLE = (
 )
 
 
+def model_label(row: dict[str, Any]) -> str:
+    """The model type, and what its weights are unless they come from a checkpoint."""
+    weights = row.get("weights", "checkpoint")
+    return row["model_type"] + ("" if weights == "checkpoint" else f" ({weights} weights)")
+
+
 def print_table(rows: list[dict[str, Any]]) -> None:
     columns = [(h, k, d) for h, k, d in TABLE if any(r.get(k) is not None for r in rows)]
     cells = [[h for h, _, _ in columns]] + [
@@ -49,7 +55,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         f"; speed-up and parity against {rows[0]['baseline']}" if "baseline" in rows[0] else ""
     )
     print(
-        f"{rows[0]['kind']}: {rows[0]['model_type']} on {rows[0]['device']}; "
+        f"{rows[0]['kind']}: {model_label(rows[0])} on {rows[0]['device']}; "
         f"{rows[0]['image_set']}{against}"
     )
     for i, line in enumerate(cells):
@@ -90,7 +96,7 @@ def markdown_rows(rows: list[dict[str, Any]]) -> str:
             row["git_commit"] or "-",
             hardware_label(row["hardware"]),
             row["device"],
-            row["model_type"],
+            model_label(row),
             row["image_set"],
             settings,
             row["kind"],

@@ -36,6 +36,11 @@ class ImageContext:
     t2i_pos_k: list[Tensor]  # per block, then the final attention: N x C'
     i2t_pos_q: list[Tensor]  # per block: N x C'
     grid: tuple[int, int]  # h, w of the embedding
+    embedding: Tensor  # 1 x C x h x w: the image embedding itself
+    # SAM 2's high-resolution features, added inside the upscaler (None for SAM 1), laid out
+    # as the upscaler's rows: h x w x 2 x 2 x C/4 (after its first convolution) and
+    # h x w x 2 x 2 x (2 x 2 x C/8) (after its second).
+    high_res: tuple[Tensor, Tensor] | None = None
 
 
 @dataclass
@@ -43,8 +48,8 @@ class DecodedTokens:
     """The transformer's output for a batch of B prompts."""
 
     keys: Tensor  # B x N x C: image tokens after the last block (input of the upscaler)
-    mask_tokens: Tensor  # B x 3 x C: the multimask output tokens
-    iou_preds: Tensor  # B x 3: predicted IoU of the three multimask outputs
+    mask_tokens: Tensor  # B x K x C: the output tokens of `PointDecoder.mask_outputs`
+    iou_preds: Tensor  # B x K: their predicted IoU
 
 
 def _heads(x: Tensor, num_heads: int) -> Tensor:
@@ -149,17 +154,27 @@ class PointDecoder(nn.Module):
     low-resolution logits of `upscale`) are valid until the next call of the same method.
     """
 
-    def __init__(self, sam: nn.Module, upscale_dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self,
+        sam: nn.Module,
+        upscale_dtype: torch.dtype = torch.float32,
+        mask_outputs: tuple[int, ...] = (1, 2, 3),
+    ) -> None:
         super().__init__()
-        self.prompt_encoder = sam.prompt_encoder
-        self.mask_decoder = sam.mask_decoder
+        sam2 = hasattr(sam, "sam_mask_decoder")  # SAM 2's modules have their own names
+        self.prompt_encoder = sam.sam_prompt_encoder if sam2 else sam.prompt_encoder
+        self.mask_decoder = sam.sam_mask_decoder if sam2 else sam.mask_decoder
         self.transformer = self.mask_decoder.transformer
         self.num_heads = self.transformer.num_heads
         self.upscaler = (
-            sam.mask_decoder
+            self.mask_decoder
             if upscale_dtype == torch.float32
-            else copy.deepcopy(sam.mask_decoder).to(upscale_dtype)
+            else copy.deepcopy(self.mask_decoder).to(upscale_dtype)
         )
+        # Which mask tokens come out: 1-3 the multimask outputs, 0 the single-mask one.
+        self.mask_outputs = mask_outputs
+        # SAM 2.1's object-score token comes before the IoU token.
+        self.first_output = 1 if getattr(self.mask_decoder, "pred_obj_scores", False) else 0
         self.workspace = Workspace()
 
     # The upscaler's two stride-2 transposed convolutions: an embedding pixel becomes 4 x 4 logits.
@@ -171,8 +186,13 @@ class PointDecoder(nn.Module):
         return self.upscale_factor * self.prompt_encoder.image_embedding_size[0]
 
     @torch.no_grad()
-    def prepare(self, image_embedding: Tensor) -> ImageContext:
-        """Per-image work: one 1 x C x h x w embedding in, shared projections out."""
+    def prepare(
+        self, image_embedding: Tensor, high_res: tuple[Tensor, Tensor] | None = None
+    ) -> ImageContext:
+        """Per-image work: one 1 x C x h x w embedding in, shared projections out.
+
+        `high_res` are SAM 2's 1 x C/8 x 4h x 4w and 1 x C/4 x 2h x 2w features.
+        """
         pe = self.prompt_encoder.get_dense_pe()
         no_mask = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
         keys = (image_embedding.float() + no_mask).flatten(2).transpose(1, 2)
@@ -190,13 +210,18 @@ class PointDecoder(nn.Module):
             t2i_pos_k=[pos @ attn.k_proj.weight.T for attn in t2i],
             i2t_pos_q=[pos @ layer.cross_attn_image_to_token.q_proj.weight.T for layer in layers],
             grid=tuple(image_embedding.shape[-2:]),
+            embedding=image_embedding,
+            high_res=None if high_res is None else _upscaler_layout(*high_res),
         )
 
     def _prompt_tokens(self, points: Tensor) -> Tensor:
         """B x 2 points in the model's input frame -> B x 7 x C decoder tokens."""
         sparse = self._point_embeddings(points)
         decoder = self.mask_decoder
-        output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
+        weights = [decoder.iou_token.weight, decoder.mask_tokens.weight]
+        if self.first_output:
+            weights.insert(0, decoder.obj_score_token.weight)
+        output_tokens = torch.cat(weights, dim=0)
         output_tokens = output_tokens.unsqueeze(0).expand(sparse.shape[0], -1, -1)
         return torch.cat([output_tokens, sparse], dim=1)
 
@@ -308,16 +333,21 @@ class PointDecoder(nn.Module):
             queries = layer.norm3(queries + layer.mlp(queries))
             keys = self._image_to_token(i, ctx, keys, tokens, queries)
 
-        # Only the IoU token and the three multimask tokens are read after the final attention,
-        # in which each token attends on its own: the other three are not computed.
-        used = [0, 2, 3, 4]
+        # Only the IoU token and the mask tokens that come out are read after the final
+        # attention, in which each token attends on its own: the others are not computed.
+        first = self.first_output
+        used = [first] + [first + 1 + m for m in self.mask_outputs]
         queries, tokens = queries[:, used], tokens[:, used]
         attn = self.transformer.final_attn_token_to_image
         queries = queries + self._token_to_image(attn, queries + tokens, keys, ctx.t2i_pos_k[-1])
         queries = self.transformer.norm_final_attn(queries)
 
         iou_preds = self.mask_decoder.iou_prediction_head(queries[:, 0, :])
-        return DecodedTokens(keys=keys, mask_tokens=queries[:, 1:4, :], iou_preds=iou_preds[:, 1:])
+        return DecodedTokens(
+            keys=keys,
+            mask_tokens=queries[:, 1:, :],
+            iou_preds=iou_preds[:, list(self.mask_outputs)],
+        )
 
     @torch.no_grad()
     def upscale(
@@ -327,7 +357,7 @@ class PointDecoder(nn.Module):
         prompts: Tensor,
         extent: tuple[int, int] | None = None,
     ) -> Tensor:
-        """Low-resolution mask logits (P x 3 x 4h x 4w) of the P prompts at indices `prompts`.
+        """Low-resolution mask logits (P x K x 4h x 4w) of the P prompts at indices `prompts`.
 
         Only the top-left `extent` (h x w) of the embedding grid is upscaled, the default
         being all of it: every step below works per pixel, so the rest (the encoder input's
@@ -336,7 +366,8 @@ class PointDecoder(nn.Module):
         Each of the upscaler's 2 x 2, stride-2 transposed convolutions maps a pixel to its own
         2 x 2 block, so each is one matrix product over channels-last pixels, with the blocks
         kept beside their pixel: channel norm and GELU work per pixel and need no other order.
-        Only the hypernetwork product, 3 channels, is put in image order.
+        Only the hypernetwork product, K channels, is put in image order. SAM 2's
+        high-resolution features are added in the same layout.
         """
         conv1, norm, _, conv2, _ = self.upscaler.output_upscaling
         keys = tokens.keys
@@ -349,9 +380,16 @@ class PointDecoder(nn.Module):
         b1, b2 = conv1.bias.repeat(4), conv2.bias.repeat(4)
         mlps = self.upscaler.output_hypernetworks_mlps
         mask_tokens = tokens.mask_tokens[prompts].to(w1.dtype)
-        hyper = torch.stack([mlps[i + 1](mask_tokens[:, i]) for i in range(3)], dim=1)  # P x 3 x c2
+        hyper = torch.stack(
+            [mlps[m](mask_tokens[:, i]) for i, m in enumerate(self.mask_outputs)], dim=1
+        )  # P x K x c2
+        k = hyper.shape[1]
+        high_res = None
+        if ctx.high_res is not None:
+            s1, s0 = (f[:h, :w].to(w1.dtype) for f in ctx.high_res)
+            high_res = s1.reshape(1, -1, c1), s0.reshape(1, -1, 4 * c2)
         ws = self.workspace
-        out = ws.get("low_res", (len(prompts), 3, 4 * h, 4 * w), w1)
+        out = ws.get("low_res", (len(prompts), k, 4 * h, 4 * w), w1)
         slice_bytes = _slice_bytes(_UPSCALE_CHUNK_BYTES, keys.device)
         step = max(1, slice_bytes // (h * w * 16 * c2 * w1.element_size()))
         for start in range(0, len(prompts), step):
@@ -363,17 +401,32 @@ class PointDecoder(nn.Module):
                 x = ws.get("up_in_cast", x.shape, w1).copy_(x)
             y1 = ws.get("up1", (n * h * w, 4 * c1), w1)
             torch.addmm(b1, x.view(-1, channels), w1, out=y1)
+            if high_res is not None:
+                y1.view(n, -1, c1).add_(high_res[0])
             y1 = y1.view(-1, c1)  # rows (prompt, y, x, i, j)
             _layer_norm_(y1, norm)
             torch.ops.aten.gelu_(y1)
             y2 = torch.addmm(b2, y1, w2, out=ws.get("up2", (y1.shape[0], 4 * c2), w1))
+            if high_res is not None:
+                y2.view(n, -1, 4 * c2).add_(high_res[1])
             torch.ops.aten.gelu_(y2)  # rows (prompt, y, x, i, j), columns (k, l, c2)
-            logits = ws.get("up3", (n, 3, h * w * 16), w1)
+            logits = ws.get("up3", (n, k, h * w * 16), w1)
             torch.bmm(hyper[start : start + n], y2.view(n, -1, c2).transpose(1, 2), out=logits)
             # Pixel (y, x), block (i, j), block (k, l) is row 4y + 2i + k, column 4x + 2j + l.
-            blocks = logits.view(n, 3, h, w, 2, 2, 2, 2).permute(0, 1, 2, 4, 6, 3, 5, 7)
-            out[start : start + n].view(n, 3, h, 2, 2, w, 2, 2).copy_(blocks)
+            blocks = logits.view(n, k, h, w, 2, 2, 2, 2).permute(0, 1, 2, 4, 6, 3, 5, 7)
+            out[start : start + n].view(n, k, h, 2, 2, w, 2, 2).copy_(blocks)
         return out
+
+
+def _upscaler_layout(s0: Tensor, s1: Tensor) -> tuple[Tensor, Tensor]:
+    """SAM 2's high-resolution features in the upscaler's row order (see ImageContext):
+    `s1` pixel (2y + i, 2x + j) at [y, x, i, j]; `s0` pixel (4y + 2i + k, 4x + 2j + l) at
+    [y, x, i, j, (k, l, channel)]."""
+    c1, c0 = s1.shape[1], s0.shape[1]
+    h, w = s1.shape[-2] // 2, s1.shape[-1] // 2
+    s1 = s1[0].view(c1, h, 2, w, 2).permute(1, 3, 2, 4, 0).contiguous()
+    s0 = s0[0].view(c0, h, 2, 2, w, 2, 2).permute(1, 4, 2, 5, 3, 6, 0).contiguous()
+    return s1, s0.view(h, w, 2, 2, 4 * c0)
 
 
 # Upscaler work per slice of prompts (the last layer's output): a prompt or two, so that

@@ -22,19 +22,25 @@ from amg_lightning.core import device_post, rle, tiling
 from amg_lightning.core.boxes import box_nms, near_crop_edge, xyxy_to_xywh
 from amg_lightning.core.decoder import ImageContext, PointDecoder
 from amg_lightning.core.embedding_cache import EmbeddingCache
-from amg_lightning.core.full_res import CropResize, DenseMasks, TiledMasks, crop_resize
+from amg_lightning.core.family import model_family
+from amg_lightning.core.full_res import CropResize, DenseMasks, TiledMasks
 from amg_lightning.core.grids import crop_boxes, layer_point_grids
-from amg_lightning.core.image import check_image, encoder_input, resized_shape
+from amg_lightning.core.image import check_image
 from amg_lightning.core.masks import CropFrame, MaskData
 from amg_lightning.core.memory import crops_per_pass, full_res_bytes, prompts_per_batch
 from amg_lightning.core.regions import remove_small_regions
-from amg_lightning.core.settings import AmgSettings
+from amg_lightning.core.sam2_decoder import Sam2Decoder
+from amg_lightning.core.settings import AmgSettings, family_defaults, family_errors
 
 log = logging.getLogger(__name__)
 
 
 class AutomaticMaskGenerator:
     """Drop-in for segment_anything's SamAutomaticMaskGenerator; same arguments and records.
+
+    Given a SAM 2 model it is the drop-in for sam2's SAM2AutomaticMaskGenerator instead:
+    its defaults (`pred_iou_thresh` 0.8) and its settings `mask_threshold`, `use_m2m` and
+    `multimask_output` (core/family.py says what differs).
 
     `fast=True` runs the mask upscaler in bfloat16 where the device has native bfloat16
     products (CUDA; CPUs with AVX512-BF16 or AMX; elsewhere it logs a warning and stays in
@@ -55,12 +61,28 @@ class AutomaticMaskGenerator:
         model_id: str = "",
         **settings: Any,
     ) -> None:
-        self.settings = AmgSettings(**settings)
+        self.family = model_family(model)
+        self.settings = AmgSettings(**{**family_defaults(self.family.name), **settings})
+        for error in family_errors(self.family.name, self.settings):
+            raise ValueError(error)
+        if self.family.name == "sam2" and self.settings.min_mask_region_area > 0:
+            # SAM 2 hands the area to its CUDA extension, which fills holes and removes
+            # islands in the low-res logits; where the extension is missing (always on the
+            # CPU) it skips that step, and its generator has no other: neither do we.
+            log.warning(
+                "min_mask_region_area changes no SAM 2 mask here: SAM2AutomaticMaskGenerator "
+                "without its CUDA extension skips the low-res hole filling (docs/sam2.md)"
+            )
         self.model = model
         self.fast = fast and _bfloat16_supported(self.device)
         if fast and not self.fast:
             log.warning("fast mode: no bfloat16 support on %s, running in float32", self.device)
-        self.decoder = PointDecoder(model, torch.bfloat16 if self.fast else torch.float32)
+        upscale_dtype = torch.bfloat16 if self.fast else torch.float32
+        self.decoder = (
+            Sam2Decoder(model, upscale_dtype, self.settings.multimask_output, self.settings.use_m2m)
+            if self.family.name == "sam2"
+            else PointDecoder(model, upscale_dtype)
+        )
         self.embedding_cache = embedding_cache
         self.model_id = model_id
         s = self.settings
@@ -74,7 +96,14 @@ class AutomaticMaskGenerator:
 
     @property
     def device(self) -> torch.device:
-        return self.model.pixel_mean.device
+        return self.family.device
+
+    @property
+    def mask_threshold(self) -> float:
+        """The logit cutoff of the binary masks: SAM 1's model's, SAM 2's setting."""
+        if self.family.name == "sam2":
+            return self.settings.mask_threshold
+        return self.model.mask_threshold
 
     @torch.no_grad()
     def generate(self, image: np.ndarray) -> list[dict[str, Any]]:
@@ -125,7 +154,7 @@ class AutomaticMaskGenerator:
 
     def _frame(self, box: list[int], image_size: tuple[int, int]) -> CropFrame:
         x0, y0, x1, y1 = box
-        input_size = resized_shape(y1 - y0, x1 - x0, self.model.image_encoder.img_size)
+        input_size = self.family.input_size((y1 - y0, x1 - x0))
         return CropFrame(tuple(box), tuple(image_size), input_size)
 
     def _embeddings(self, images: list[np.ndarray], jobs: list[tuple]) -> Iterator[Tensor]:
@@ -143,9 +172,8 @@ class AutomaticMaskGenerator:
             missing = [j for j, embedding in enumerate(found) if embedding is None]
             if missing:
                 started = time.perf_counter()
-                batch = encoder_input(self.model, [crops[j] for j in missing])
                 with record_function("amg.image_encoder"):
-                    fresh = self.model.image_encoder(batch).float()
+                    fresh = self.family.encode([crops[j] for j in missing])
                 seconds = (time.perf_counter() - started) / len(missing)
                 for j, embedding in zip(missing, fresh.split(1), strict=True):
                     found[j] = embedding
@@ -162,7 +190,7 @@ class AutomaticMaskGenerator:
         """Masks prompted by one crop's point grid, filtered and de-duplicated within the crop."""
         crop_h, crop_w = frame.crop_size
         points = self.point_grids[layer] * np.array([crop_w, crop_h])[None]  # XY in the crop
-        ctx = self.decoder.prepare(embedding)
+        ctx = self.family.prepare(self.decoder, embedding)
         step = prompts_per_batch(
             ctx.keys.shape[1], ctx.keys.shape[2], self.device, self.settings.points_per_batch
         )
@@ -178,18 +206,13 @@ class AutomaticMaskGenerator:
         self, embedding: Tensor, frame: CropFrame, layer: int
     ) -> device_post.Survivors:
         """As `_crop_masks`, with the masks kept on the device (core/device_post.py)."""
-        (crop_h, crop_w), (input_h, input_w) = frame.crop_size, frame.input_size
+        crop_h, crop_w = frame.crop_size
         points = self.point_grids[layer] * np.array([crop_w, crop_h])[None]  # XY in the crop
-        scale = np.array([input_w / crop_w, input_h / crop_h])
         # Copied to the device once per crop: on CUDA each copy from the host waits for it.
-        crop_points, model_points = torch.as_tensor(
-            np.stack([points, points * scale]), device=self.device
-        )
+        crop_points, model_points = self.family.prompts(points, frame)
         boxes = torch.tensor([frame.box, frame.image_box], device=self.device)
-        resize = crop_resize(
-            self.decoder.low_res_size, self.encoder_size, frame.input_size, frame.crop_size
-        )
-        ctx = self.decoder.prepare(embedding)
+        resize = self.family.resize(self.decoder, frame)
+        ctx = self.family.prepare(self.decoder, embedding)
         step = prompts_per_batch(
             ctx.keys.shape[1], ctx.keys.shape[2], self.device, self.settings.points_per_batch
         )
@@ -213,7 +236,7 @@ class AutomaticMaskGenerator:
             survivors = masks.select(
                 box_nms(masks.boxes, masks.iou_preds, self.settings.box_nms_thresh)
             )
-        return device_post.Survivors(survivors, frame, resize, self.model.mask_threshold)
+        return device_post.Survivors(survivors, frame, resize, self.mask_threshold)
 
     def masks_on_device(
         self,
@@ -227,9 +250,9 @@ class AutomaticMaskGenerator:
         read of how many pass the IoU filter, one per slice of full-resolution work (which
         tiles to resize), one of how many pass the rest.
 
-        `iou_preds` (B x 3) and `points` (B x 2, crop frame) are the batch's; `upscale` gives
-        the low-res logits (P x 3 x h x w) of prompts at the given indices, at least their
-        top-left extent; `boxes` holds the crop's and the image's XYXY boxes on the device.
+        `iou_preds` (B x K masks) and `points` (B x 2, crop frame) are the batch's; `upscale`
+        gives the low-res logits (P x K x h x w) of prompts at the given indices, at least
+        their top-left extent; `boxes` holds the crop's and the image's XYXY boxes on the device.
         """
         s = self.settings
         passed = (
@@ -243,7 +266,8 @@ class AutomaticMaskGenerator:
             return None
         prompts = device_post.true_indices(per_prompt, prompt_count)
         flat = device_post.true_indices(passed.flatten(), mask_count)  # (prompt, mask) order
-        prompt_of_mask, mask_of_prompt = flat // 3, flat % 3
+        masks_per_prompt = iou_preds.shape[1]
+        prompt_of_mask, mask_of_prompt = flat // masks_per_prompt, flat % masks_per_prompt
         low_res = upscale(prompts, resize.embedding_extent(self.decoder.upscale_factor))
         row_of_mask = (per_prompt.cumsum(0) - 1)[prompt_of_mask]  # the prompt's row in low_res
         mask_points = points[prompt_of_mask]
@@ -254,9 +278,7 @@ class AutomaticMaskGenerator:
             for chunk in self._chunks(mask_count, resize.bytes_per_mask(self.device), budget):
                 # A copy, not a view of the decoder's workspace: it is kept until NMS.
                 chunk_low_res = low_res[row_of_mask[chunk], mask_of_prompt[chunk]].float()
-                masks = resize.masks(
-                    chunk_low_res, self.model.mask_threshold, s.stability_score_offset
-                )
+                masks = resize.masks(chunk_low_res, self.mask_threshold, s.stability_score_offset)
                 candidates.append(
                     device_post.filter_masks(
                         masks,
@@ -272,9 +294,7 @@ class AutomaticMaskGenerator:
     def _decode_batch(self, ctx: ImageContext, points: np.ndarray, frame: CropFrame) -> MaskData:
         """The masks of one batch of points (crop frame) that pass every per-mask filter."""
         s = self.settings
-        (crop_h, crop_w), (input_h, input_w) = frame.crop_size, frame.input_size
-        scale = np.array([input_w / crop_w, input_h / crop_h])
-        model_points = torch.as_tensor(points * scale, device=self.device)
+        crop_points, model_points = self.family.prompts(points, frame)
         with record_function("amg.transformer"):
             tokens = self.decoder.decode_tokens(ctx, model_points)
         iou_preds = tokens.iou_preds.float()
@@ -287,14 +307,12 @@ class AutomaticMaskGenerator:
         if len(prompts) == 0:
             return MaskData()
         # Only prompts with a mask that passed are upscaled, and only the crop's part of them.
-        resize = crop_resize(
-            self.decoder.low_res_size, self.encoder_size, frame.input_size, frame.crop_size
-        )
+        resize = self.family.resize(self.decoder, frame)
         extent = resize.embedding_extent(self.decoder.upscale_factor)
         with record_function("amg.upscaler"):
             low_res = self.decoder.upscale(ctx, tokens, prompts, extent)
         prompt_of_mask, mask_of_prompt = passed[prompts].nonzero(as_tuple=True)
-        mask_points = torch.as_tensor(points, device=self.device)[prompts[prompt_of_mask]]
+        mask_points = crop_points[prompts[prompt_of_mask]]
         mask_ious = iou_preds[prompts[prompt_of_mask], mask_of_prompt]
         with record_function("amg.full_resolution"):
             return self._full_res(
@@ -312,7 +330,7 @@ class AutomaticMaskGenerator:
     ) -> MaskData:
         """The masks at (prompt, output) `index` of `low_res` that pass the full-resolution
         filters, some at a time."""
-        threshold, offset = self.model.mask_threshold, self.settings.stability_score_offset
+        threshold, offset = self.mask_threshold, self.settings.stability_score_offset
         parts = []
         budget = full_res_bytes(self.device, self.settings.upscale_budget_mb * 2**20)
         for chunk in self._chunks(len(iou_preds), resize.bytes_per_mask(self.device), budget):
@@ -320,10 +338,6 @@ class AutomaticMaskGenerator:
             masks = resize.masks(chunk_low_res, threshold, offset)
             parts.append(self._filter_full_res(masks, iou_preds[chunk], points[chunk], frame))
         return MaskData.cat(parts)
-
-    @property
-    def encoder_size(self) -> int:
-        return self.model.image_encoder.img_size
 
     def _chunks(self, count: int, bytes_per_mask: int, budget: int) -> Iterator[slice]:
         """Slices of masks whose full-resolution work fits `budget` bytes
@@ -411,7 +425,8 @@ class AutomaticMaskGenerator:
     def _records(self, masks: MaskData, image_size: tuple[int, int]) -> list[dict[str, Any]]:
         """Small-region removal, and the output records."""
         s = self.settings
-        if s.min_mask_region_area > 0 and len(masks):
+        # SAM2AutomaticMaskGenerator never runs this step (see __init__).
+        if s.min_mask_region_area > 0 and len(masks) and self.family.name == "sam":
             masks = self._remove_small_regions(
                 masks, image_size, max(s.box_nms_thresh, s.crop_nms_thresh)
             )

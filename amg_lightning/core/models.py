@@ -11,7 +11,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
-MODEL_TYPES = ("vit_h", "vit_l", "vit_b", "vit_t", "tiny")
+from amg_lightning.core.sam2_models import (
+    SAM2_MODEL_TYPES,
+    build_sam2_model,
+    detect_sam2_type,
+    is_sam2,
+    sam2_size,
+)
+
+SAM1_MODEL_TYPES = ("vit_h", "vit_l", "vit_b", "vit_t", "tiny")
+MODEL_TYPES = (*SAM1_MODEL_TYPES, *SAM2_MODEL_TYPES)
+# Random weights, no checkpoint: smoke tests.
+RANDOM_MODEL_TYPES = ("tiny", "tiny_sam2")
 
 
 class CheckpointError(ValueError):
@@ -80,7 +91,14 @@ _BUILDERS: dict[str, Callable[[], nn.Module]] = {
     "vit_b": partial(_build_vit, "vit_b"),
     "vit_t": _build_vit_t,
     "tiny": _build_tiny,
+    **{name: partial(build_sam2_model, name) for name in SAM2_MODEL_TYPES},
 }
+
+
+def model_family(model_type: str) -> str:
+    """ "sam2" for SAM 2 and SAM 2.1 model types, "sam" for SAM 1's (MobileSAM included)."""
+    return "sam2" if model_type in SAM2_MODEL_TYPES else "sam"
+
 
 # Encoder width and depth tell the ViT sizes apart; TinyViT has its own key names.
 _VIT_SIGNATURES = {(1280, 32): "vit_h", (1024, 24): "vit_l", (768, 12): "vit_b", (32, 1): "tiny"}
@@ -95,6 +113,12 @@ def detect_model_type(state_dict: Mapping[str, torch.Tensor]) -> str | None:
         return None
     depth = len({k.split(".")[2] for k in state_dict if k.startswith("image_encoder.blocks.")})
     return _VIT_SIGNATURES.get((patch.shape[0], depth))
+
+
+def _checkpoint_kind(state_dict: Mapping[str, torch.Tensor]) -> str | None:
+    """A SAM 1 model type, "SAM 2 <size>", or None for neither."""
+    sam2 = detect_sam2_type(state_dict)
+    return f"SAM 2 {sam2}" if sam2 else detect_model_type(state_dict)
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -125,8 +149,10 @@ def build_sam(model_type: str, checkpoint: str | Path | None = None) -> nn.Modul
     sam = _BUILDERS[model_type]()
     if checkpoint is not None:
         state = load_state_dict(checkpoint)
-        found = detect_model_type(state)
-        if found != model_type:
+        found, expected = _checkpoint_kind(state), model_type
+        if model_family(model_type) == "sam2":
+            expected = f"SAM 2 {sam2_size(model_type)}"
+        if found != expected:
             what = f"a {found} checkpoint" if found else "not a SAM checkpoint"
             raise CheckpointError(
                 f"checkpoint {checkpoint} is {what}, but model type is {model_type}"
@@ -139,3 +165,22 @@ def build_sam(model_type: str, checkpoint: str | Path | None = None) -> nn.Modul
                 f"checkpoint {checkpoint} does not fit {model_type}: {first}"
             ) from None
     return sam.eval()
+
+
+def sharpen(model: nn.Module, mask_scale: float = 300.0, iou_scale: float = 100.0) -> nn.Module:
+    """Random weights made to segment, in place: the mask logits scaled by `mask_scale`, so
+    that stabilities spread and masks differ per point, and for SAM 2 the IoU head's logits
+    by `iou_scale`, so that its sigmoid IoUs spread from 0 to 1 instead of lying near 0.5
+    (SAM 1's IoUs are not squashed and stay). For tests and timings with random weights."""
+    sam2 = is_sam2(model)
+    decoder = model.sam_mask_decoder if sam2 else model.mask_decoder
+    last_layers = [mlp.layers[-1] for mlp in decoder.output_hypernetworks_mlps]
+    scales = [mask_scale] * len(last_layers)
+    if sam2:
+        last_layers.append(decoder.iou_prediction_head.layers[-1])
+        scales.append(iou_scale)
+    with torch.no_grad():
+        for layer, scale in zip(last_layers, scales, strict=True):
+            layer.weight.mul_(scale)
+            layer.bias.mul_(scale)
+    return model

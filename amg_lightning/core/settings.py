@@ -27,6 +27,10 @@ class AmgSettings:
     "device" keeps them on the model's device until the records (core/device_post.py), "host"
     reads each slice's changes back and encodes there (the CPU's tiled, exact resize), "auto"
     picks the faster for the device: "device" on CUDA, "host" on the CPU.
+
+    `mask_threshold`, `use_m2m` and `multimask_output` are SAM2AutomaticMaskGenerator's and
+    apply to SAM 2 models only; SAM 2 models default to its `pred_iou_thresh` of 0.8
+    (`family_defaults`).
     """
 
     points_per_side: int | None = 32
@@ -47,6 +51,9 @@ class AmgSettings:
     tile_size: int | None = None
     tile_overlap: int = 256
     postprocess: str = "auto"
+    mask_threshold: float = 0.0
+    use_m2m: bool = False
+    multimask_output: bool = True
 
     def __post_init__(self) -> None:
         if self.point_grids is not None:
@@ -67,6 +74,28 @@ SETTING_NAMES = tuple(f.name for f in fields(AmgSettings))
 MEMORY_SETTING_NAMES = ("points_per_batch", "upscale_budget_mb", "crops_per_batch")
 # Where the post-processing runs: it never changes the masks either.
 PLACEMENT_SETTING_NAMES = ("postprocess",)
+# SAM2AutomaticMaskGenerator's settings that SamAutomaticMaskGenerator does not have.
+SAM2_SETTING_NAMES = ("mask_threshold", "use_m2m", "multimask_output")
+# Where SAM2AutomaticMaskGenerator's defaults differ from SamAutomaticMaskGenerator's.
+_FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {"sam": {}, "sam2": {"pred_iou_thresh": 0.8}}
+
+
+def family_defaults(family: str) -> dict[str, Any]:
+    """The settings whose default differs for the model family ("sam" or "sam2")."""
+    return dict(_FAMILY_DEFAULTS[family])
+
+
+def family_errors(family: str, settings: AmgSettings) -> list[str]:
+    """SAM 2's own settings away from their defaults, for a SAM 1 model (empty otherwise)."""
+    if family == "sam2":
+        return []
+    default = AmgSettings()
+    return [
+        f"{name} is a SAM 2 setting: leave it at {getattr(default, name)!r} for SAM 1 models "
+        f"(got {getattr(settings, name)!r})"
+        for name in SAM2_SETTING_NAMES
+        if getattr(settings, name) != getattr(default, name)
+    ]
 
 
 def _check_range(
@@ -121,6 +150,13 @@ def settings_errors(settings: AmgSettings) -> list[str]:
             if grid.ndim != 2 or grid.shape[1] != 2 or grid.min() < 0 or grid.max() > 1:
                 errors.append(f"point_grids[{i}] must be an Nx2 array of points in [0, 1]")
     errors.extend(_tiling_errors(settings.tile_size, settings.tile_overlap))
+    if isinstance(settings.mask_threshold, bool) or not isinstance(
+        settings.mask_threshold, (int, float)
+    ):
+        errors.append(f"mask_threshold must be a number, got {settings.mask_threshold!r}")
+    for name in ("use_m2m", "multimask_output"):
+        if not isinstance(getattr(settings, name), bool):
+            errors.append(f"{name} must be true or false, got {getattr(settings, name)!r}")
     if settings.output_mode not in OUTPUT_MODES:
         errors.append(
             f"output_mode must be one of {', '.join(OUTPUT_MODES)}, got {settings.output_mode!r}"

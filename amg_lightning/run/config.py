@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from amg_lightning.core.models import MODEL_TYPES
-from amg_lightning.core.settings import SETTING_NAMES, AmgSettings
+from amg_lightning.core.models import MODEL_TYPES, model_family
+from amg_lightning.core.settings import SETTING_NAMES, AmgSettings, family_errors
 from amg_lightning.data.count import is_count_mode
 from amg_lightning.results.run_folder import SHARD_OUTPUT_MODE
 from amg_lightning.run.hydra_dirs import output_dir_is_named
@@ -82,7 +82,7 @@ def check_config(cfg: DictConfig) -> None:
     for name in FLAG_NAMES:
         parse_flag(name, cfg[name])
     try:
-        AmgSettings(**generator_settings(cfg))
+        settings = AmgSettings(**generator_settings(cfg))
     except (TypeError, ValueError) as err:
         raise ConfigError(str(err)) from None
     if cfg.output_mode != SHARD_OUTPUT_MODE:
@@ -105,6 +105,8 @@ def check_config(cfg: DictConfig) -> None:
             f"model.model_type must be one of {', '.join(MODEL_TYPES)}, "
             f"got {cfg.model.model_type!r}"
         )
+    for error in family_errors(model_family(cfg.model.model_type), settings):
+        raise ConfigError(error)
     checkpoint = cfg.model.get("checkpoint")
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise ConfigError(f"model.checkpoint {checkpoint} is not a file")

@@ -17,10 +17,13 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from amg_lightning.core.models import model_family
 from amg_lightning.core.settings import (
     MEMORY_SETTING_NAMES,
     PLACEMENT_SETTING_NAMES,
+    SAM2_SETTING_NAMES,
     SETTING_NAMES,
+    AmgSettings,
 )
 from amg_lightning.results.run_folder import (
     damaged_path,
@@ -60,6 +63,7 @@ def run_identity(cfg: DictConfig, checkpoint: Path | None) -> dict[str, Any]:
         "settings": {name: cfg[name] for name in MASK_SETTING_NAMES if name in cfg},
         "model": {
             "model_type": cfg.model.model_type,
+            "family": model_family(cfg.model.model_type),
             "checkpoint_sha256": checkpoint_sha256(checkpoint) if checkpoint else None,
         },
     }
@@ -163,6 +167,18 @@ def _with_inputs(
     return prepared
 
 
+# What a run.json from before SAM 2 support holds implicitly: a SAM 1 model, SAM 2's own
+# settings at their defaults.
+_IMPLICIT = {
+    "family": "sam",
+    **{name: getattr(AmgSettings(), name) for name in SAM2_SETTING_NAMES},
+}
+
+
+def _recorded(recorded: dict[str, Any], group: str, name: str) -> Any:
+    return recorded.get(group, {}).get(name, _IMPLICIT.get(name))
+
+
 def check_identity(output_dir: Path, identity: dict[str, Any]) -> None:
     """Refuses a folder whose run.json records other mask settings or another model."""
     path = run_record_path(output_dir)
@@ -170,10 +186,10 @@ def check_identity(output_dir: Path, identity: dict[str, Any]) -> None:
         return
     recorded = json.loads(path.read_text())
     changes = [
-        f"{name} {recorded.get(group, {}).get(name)!r} -> {value!r}"
+        f"{name} {_recorded(recorded, group, name)!r} -> {value!r}"
         for group in ("settings", "model")
         for name, value in identity[group].items()
-        if recorded.get(group, {}).get(name) != value
+        if _recorded(recorded, group, name) != value
     ]
     if changes:
         raise ConfigError(
