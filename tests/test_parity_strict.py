@@ -60,8 +60,9 @@ def golden_and_photo(
     return golden, image
 
 
-# The device path resizes every pixel densely, minutes a photo on a small CPU: it runs on
-# scikit-image's photos, which cover the defaults, a crop layer and small-region removal.
+# The device path shares the host path's tiled resize, so it runs on scikit-image's photos
+# only, which cover the defaults, a crop layer and small-region removal: its own steps are
+# the filters on the device, NMS on low-res logits and RLE of the survivors.
 CASES_AND_PATHS = [
     (name, small_regions, postprocess)
     for name, small_regions in RUNNABLE
