@@ -58,6 +58,8 @@ class EndWhenARankDies(Callback):
             parent = os.getppid()
             self._start(lambda: None if os.getppid() == parent else f"rank {first_rank} died")
             return
+        if not hasattr(subprocess_script, "_launch_process_observer"):
+            return  # a Lightning without it: its launcher handles deaths its own way
         self._lightnings_observer = subprocess_script._launch_process_observer
         subprocess_script._launch_process_observer = lambda children: self._start(
             lambda: _first_death(children, first_rank + 1), children
