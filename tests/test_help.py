@@ -27,4 +27,9 @@ def test_help_lists_every_setting_with_its_value(tmp_path: Path) -> None:
     assert sorted(data_keys - set(names)) == []
     assert "pred_iou_thresh=0.5  drop masks whose predicted IoU is not above this" in lines
     assert "data.num_workers=2  data-loading processes per rank" in lines
+    # Values as the yaml files spell them, not as Python prints them.
+    assert "tile_size=null  cut images larger than this (pixels) into tiles (null: off)" in lines
+    assert "fast=false  mask upscaler in bfloat16: faster, not exact" in lines
+    assert any(line.startswith("keep_freed_memory=true  ") for line in lines)
+    assert not [line for line in lines if re.search(r"=(None|True|False)\b", line)]
     assert list(tmp_path.iterdir()) == []  # --help writes nothing

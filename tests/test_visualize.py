@@ -198,3 +198,16 @@ def test_command_draws_prediction_shards_over_their_input_images(tmp_path: Path)
     visualize_main([str(output_dir), "--out", str(small), "--max-side", "40"])
     with Image.open(small / "square.jpg") as picture:
         assert picture.size == (40, 30)
+
+
+@pytest.mark.parametrize("max_side", ["0", "-5", "x"])
+def test_max_side_must_be_a_positive_whole_number(
+    tmp_path: Path, max_side: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        visualize_main([str(tmp_path), "--out", str(tmp_path / "p"), "--max-side", max_side])
+    assert stopped.value.code == 2
+    assert f"--max-side: must be a whole number of at least 1, got {max_side!r}" in (
+        capsys.readouterr().err
+    )
+    assert not (tmp_path / "p").exists()

@@ -147,6 +147,13 @@ def _write_label(drawn: np.ndarray, mask: np.ndarray, label: str) -> None:
 Picture = tuple[str, np.ndarray, list[dict[str, Any]]]
 
 
+def _positive(text: str) -> int:
+    """A whole number >= 1, for argparse (which names the option in its message)."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -162,7 +169,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--format", choices=sorted(FORMATS), default="jpg", help="jpg (quality 90) or png"
     )
     parser.add_argument(
-        "--max-side", type=int, default=MAX_SIDE, help="most pixels on a picture's long side"
+        "--max-side", type=_positive, default=MAX_SIDE, help="most pixels on a picture's long side"
     )
     return parser.parse_args(argv)
 
@@ -245,8 +252,6 @@ def write_pictures(
 def main(argv: list[str] | None = None) -> None:
     """`amg-visualize`."""
     args = parse_args(argv)
-    if args.max_side < 1:
-        sys.exit(f"--max-side must be at least 1, got {args.max_side}")
     if args.source.suffix == ".json":
         if args.images is None:
             sys.exit("a COCO json needs --images, the folder its file_names are in")

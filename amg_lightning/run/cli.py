@@ -32,6 +32,7 @@ from amg_lightning.run.config import (
     with_flags_parsed,
 )
 from amg_lightning.run.folder import PreparedFolder, prepare_output_dir, run_identity
+from amg_lightning.run.help_text import yaml_value
 from amg_lightning.run.hydra_dirs import forget_run_dir
 from amg_lightning.run.progress import ThroughputProgressBar
 from amg_lightning.run.ranks import EndWhenARankDies
@@ -42,6 +43,7 @@ from amg_lightning.utils.logging import get_logger
 
 __all__ = ["CONFIG_DIR", "main", "predict"]
 log = get_logger(__name__)
+OmegaConf.register_new_resolver("amg_yaml", yaml_value, replace=True)  # for --help
 
 
 # The user's HYDRA_FULL_ERROR, before main() sets it so that Hydra raises its own errors to us.
