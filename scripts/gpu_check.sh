@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One command on a machine with one CUDA GPU (at most 10 minutes; each part has a time limit), writing docs/gpu.md and
+# One command on a machine with one CUDA GPU (at most 8 minutes; each part has a time limit), writing docs/gpu.md and
 # appending rows to docs/benchmarks.jsonl:
 #   (a, b) the GPU tests: the device post-processing bit-equal to the reference's own on
 #          captured CUDA decoder outputs, and the syncs per image;
@@ -31,7 +31,7 @@ step() {  # step SECONDS COMMAND...: a part that overruns is cut, and the rest s
     timeout "$limit" bash -c '"$@"' step "$@" || { echo "!! failed or cut after ${limit}s: $*"; status=1; }
 }
 
-step 90 "$PYTHON" -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py
+step 60 "$PYTHON" -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py
 
 {
     echo "# GPU benchmark"
@@ -49,8 +49,8 @@ generate() {
         --json docs/benchmarks.jsonl --markdown docs/gpu.md "$@"
 }
 export -f generate
-step 100 generate --max-images 3
-step 70 generate --max-images 1 --crop-n-layers 1
+step 90 generate --max-images 3
+step 60 generate --max-images 1 --crop-n-layers 1
 
 "$PYTHON" - "$IMAGES" "$WORK/photos" <<'EOF'
 """66 photos from the given ones: each as is, mirrored, flipped, turned, transposed, cut."""
@@ -82,13 +82,13 @@ pipeline() {
         --num-workers 8 --json docs/benchmarks.jsonl --markdown docs/gpu.md "$@"
 }
 export -f pipeline
-step 60 pipeline --model-type vit_t --checkpoint "$CHECKPOINT"
-step 100 pipeline --model-type vit_t --checkpoint "$CHECKPOINT" --crop-n-layers 1
-step 80 pipeline --model-type vit_h --checkpoint "$WORK/vit_h_random.pt" \
+step 45 pipeline --model-type vit_t --checkpoint "$CHECKPOINT"
+step 85 pipeline --model-type vit_t --checkpoint "$CHECKPOINT" --crop-n-layers 1
+step 65 pipeline --model-type vit_h --checkpoint "$WORK/vit_h_random.pt" \
     --pred-iou-thresh 0 --stability-score-thresh 0
 if "$PYTHON" -c "import sam2" 2>/dev/null; then
     # Random weights: no SAM 2 checkpoint is fetched here; sharpened so masks pass the filters.
-    step 60 "$PYTHON" -m amg_lightning.bench.cli generate --device cuda --images "$IMAGES" \
+    step 45 "$PYTHON" -m amg_lightning.bench.cli generate --device cuda --images "$IMAGES" \
         --max-images 1 --model-type sam2.1_hiera_l --sharpen --rounds 1 \
         --json docs/benchmarks.jsonl --markdown docs/gpu.md
 else
