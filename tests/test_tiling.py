@@ -20,6 +20,7 @@ from PIL import Image
 from pycocotools import mask as coco_mask
 
 from amg_lightning import AmgSettings, AutomaticMaskGenerator
+from amg_lightning.bench import tiling as tiling_bench
 from amg_lightning.bench.tiling_figure import tile_record
 from amg_lightning.core import rle
 from amg_lightning.core.tiling import (
@@ -459,3 +460,22 @@ def test_real_model_finds_an_object_cut_by_seams_as_one_mask(mobile_sam):
     ious = np.asarray(coco_mask.iou([r["segmentation"] for r in records], [truth], [0]))[:, 0]
     assert (ious >= 0.5).sum() == 1, sorted(ious)[-3:]
     assert ious.max() >= 0.9
+
+
+def test_amg_bench_tiling_scores_untiled_naive_and_merged_runs(tmp_path):
+    """`amg-bench tiling` end to end on the tiny model: each run in its own process, scored."""
+    out = tmp_path / "tiling.jsonl"
+    tiling_bench.main(
+        [
+            *("--model-type", "tiny", "--width", "640", "--height", "384", "--small", "6"),
+            *("--large", "2", "--large-min", "150", "--large-max", "200", "--seed", "3"),
+            *("--tile-size", "256", "--tile-overlap", "64", "--points-per-side", "2"),
+            *("--runs", "untiled,each_tile,tiled", "--threads", "1", "--output", str(out)),
+        ]
+    )
+    result = json.loads(out.read_text())
+    assert result["objects"] == {"small": 6, "large": 2}
+    for name in ("untiled", "each_tile", "tiled"):
+        recall = result[name]["recall"]  # the random model finds little: only the counts
+        assert (recall["small"]["objects"], recall["large"]["objects"]) == (6, 2)
+        assert result[name]["seconds"] > 0

@@ -18,6 +18,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import queue as queue_module
 import resource
 import threading
 import time
@@ -184,9 +185,9 @@ def _run(arguments: dict[str, Any], image: np.ndarray, queue: multiprocessing.Qu
     """One generation in a fresh process: records, seconds and peak RSS (MiB)."""
     import torch
 
-    from amg_lightning.allocator import keep_freed_memory
     from amg_lightning.core.generator import AutomaticMaskGenerator
     from amg_lightning.core.models import build_sam
+    from amg_lightning.utils.allocator import keep_freed_memory
 
     torch.set_num_threads(arguments.pop("threads"))
     keep_freed_memory()
@@ -241,7 +242,14 @@ def run_in_child(arguments: dict[str, Any], image: np.ndarray) -> tuple[list, fl
     queue = context.Queue()
     process = context.Process(target=_run, args=(dict(arguments), image, queue))
     process.start()
-    result = queue.get()
+    while True:  # a child that dies (an import error, out of memory) puts nothing
+        try:
+            result = queue.get(timeout=1)
+            break
+        except queue_module.Empty:
+            if not process.is_alive():
+                message = f"the run's process ended with exit status {process.exitcode}"
+                raise RuntimeError(message) from None
     process.join()
     return result
 
