@@ -20,12 +20,14 @@ from PIL import Image
 from pycocotools import mask as coco_mask
 
 from amg_lightning import AmgSettings, AutomaticMaskGenerator
+from amg_lightning.bench import tiling as tiling_bench
 from amg_lightning.bench.tiling_figure import tile_record
 from amg_lightning.core import rle
 from amg_lightning.core.tiling import (
     TileGrid,
     clip,
     merge_tiles,
+    overview_mask,
     runs_from_counts,
     runs_to_counts,
     subtract,
@@ -205,6 +207,51 @@ def test_touching_tiles_without_overlap_merge_along_the_seam():
     masks = _merged([obj], grid)
     assert len(masks) == 1
     np.testing.assert_array_equal(masks[0], obj)
+
+
+def test_a_large_object_whose_pieces_disagree_comes_out_whole_from_the_overview():
+    """An object across three tile columns whose middle tiles join it to the ground below:
+    the pieces disagree in the overlaps, so without the overview pass the object comes out
+    in fragments (none reaching IoU 0.8). The overview (the image at half size, scaled back
+    up) holds it whole: the cut pieces that agree with it yield to it."""
+    obj = _ellipse(SIZE, (200, 110), (95, 60))  # columns 105-295: no tile holds it whole
+    small_obj = _ellipse(SIZE, (60, 250), (15, 15))  # whole in a tile
+    middle = [t for t in range(len(GRID)) if GRID.box(t)[0] == 120]
+    ground = np.zeros(SIZE, dtype=bool)
+    ground[100:, :] = True
+    tiles = _tile_records([obj, small_obj], GRID)
+    for t, records in _tile_records([obj | ground], GRID):
+        if t in middle:  # the middle column sees the object and the ground as one region
+            tiles[t] = (t, [r for r in tiles[t][1] if r["area"] < 2000] + records)
+    half = (SIZE[0] // 2, SIZE[1] // 2)
+    overview = [
+        overview_mask(
+            tile_record(cv2.resize(m.astype(np.uint8), half[::-1]) > 0, [100, 55]), half, SIZE
+        )
+        for m in (obj, small_obj)
+    ]
+    records = merge_tiles(GRID, tiles, "coco_rle", overview)
+    masks = [coco_mask.decode(r["segmentation"]).astype(bool) for r in records]
+    ious = sorted(((m & obj).sum() / (m | obj).sum() for m in masks), reverse=True)
+    assert ious[0] > 0.95 and ious[1] < 0.5, ious  # one mask holds it, no other mask matches
+    # The small object, whole in a tile, comes from the tile at full resolution, once.
+    assert sum(np.array_equal(m, small_obj) for m in masks) == 1
+    assert not any(r["crop_box"] == [0, 0, 400, 300] and r["area"] < 2000 for r in records)
+    whole = next(r for r in records if r["crop_box"] == [0, 0, 400, 300])
+    assert whole["point_coords"] == [[200.0, 110.0]]
+
+
+def test_overview_masks_scale_up_by_nearest_neighbour():
+    """Each pixel of the image takes the overview pixel under its centre."""
+    rng = np.random.default_rng(4)
+    small = rng.random((15, 20)) < 0.5
+    size = (31, 47)
+    rows = ((np.arange(size[0]) + 0.5) * 15 / size[0]).astype(int)
+    columns = ((np.arange(size[1]) + 0.5) * 20 / size[1]).astype(int)
+    mask = overview_mask(tile_record(small, [3.0, 4.0]), small.shape, size)
+    assert np.array_equal(_dense(mask.runs, size), small[rows][:, columns])
+    assert mask.crop_box == [0, 0, 47, 31]
+    np.testing.assert_allclose(mask.point, [3.0 * 47 / 20, 4.0 * 31 / 15])
 
 
 @pytest.mark.parametrize(
@@ -413,3 +460,22 @@ def test_real_model_finds_an_object_cut_by_seams_as_one_mask(mobile_sam):
     ious = np.asarray(coco_mask.iou([r["segmentation"] for r in records], [truth], [0]))[:, 0]
     assert (ious >= 0.5).sum() == 1, sorted(ious)[-3:]
     assert ious.max() >= 0.9
+
+
+def test_amg_bench_tiling_scores_untiled_naive_and_merged_runs(tmp_path):
+    """`amg-bench tiling` end to end on the tiny model: each run in its own process, scored."""
+    out = tmp_path / "tiling.jsonl"
+    tiling_bench.main(
+        [
+            *("--model-type", "tiny", "--width", "640", "--height", "384", "--small", "6"),
+            *("--large", "2", "--large-min", "150", "--large-max", "200", "--seed", "3"),
+            *("--tile-size", "256", "--tile-overlap", "64", "--points-per-side", "2"),
+            *("--runs", "untiled,each_tile,tiled", "--threads", "1", "--output", str(out)),
+        ]
+    )
+    result = json.loads(out.read_text())
+    assert result["objects"] == {"small": 6, "large": 2}
+    for name in ("untiled", "each_tile", "tiled"):
+        recall = result[name]["recall"]  # the random model finds little: only the counts
+        assert (recall["small"]["objects"], recall["large"]["objects"]) == (6, 2)
+        assert result[name]["seconds"] > 0

@@ -3,11 +3,13 @@
     amg-bench tiling --checkpoint mobile_sam.pt --points-per-side 8
 
 The scene holds several hundred small shapes (20-80 pixels across) and some large ones
-(300-1500 pixels) centred on the seams between tiles, none overlapping another. Both runs use
-the same settings; reported per run: recall of small and large objects at IoU 0.5 and 0.8
-(each object matched by its best mask, so an object cut in two counts as missed unless one
-mask covers it), masks per object found, wall time and peak RSS (each run in its own process;
-the larger of RSS sampled every 2 ms and the kernel's ru_maxrss).
+(300-1500 pixels by default) centred on the seams between tiles, none overlapping another.
+All runs use the same settings: untiled, tiled (merged), a single tile, and every tile on its
+own with its masks moved into the image but not merged (naive tiling). Reported per run:
+recall of small and large objects at IoU 0.5 and 0.8 (each object matched by its best mask,
+so an object cut in two counts as missed unless one mask covers it), masks per object found,
+wall time and peak RSS (each run in its own process; the larger of RSS sampled every 2 ms
+and the kernel's ru_maxrss).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import queue as queue_module
 import resource
 import threading
 import time
@@ -27,7 +30,13 @@ import numpy as np
 from pycocotools import mask as coco_mask
 
 from amg_lightning.core import rle
-from amg_lightning.core.tiling import TileGrid, runs_from_counts, runs_to_counts
+from amg_lightning.core.tiling import (
+    TileGrid,
+    TileMask,
+    runs_from_counts,
+    runs_to_counts,
+    tile_masks,
+)
 
 
 @dataclass
@@ -78,9 +87,11 @@ def make_scene(
     tile_size: int,
     tile_overlap: int,
     seed: int = 0,
+    large_sizes: tuple[int, int] = (300, 1500),
 ) -> SyntheticScene:
-    """A textured background with `large` big shapes on tile seams, then `small` small ones,
-    placed where they overlap nothing (with a 6-pixel gap)."""
+    """A textured background with `large` big shapes (`large_sizes` pixels across, inclusive)
+    on tile seams, then `small` small ones, placed where they overlap nothing (with a 6-pixel
+    gap)."""
     rng = np.random.default_rng(seed)
     coarse = rng.integers(60, 196, size=(8, 12, 3), dtype=np.uint8)
     image = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
@@ -94,7 +105,11 @@ def make_scene(
         placed, tries = 0, 0
         while placed < want and tries < want * 200:
             tries += 1
-            size = int(rng.integers(300, 1501) if large_one else rng.integers(20, 81))
+            size = int(
+                rng.integers(large_sizes[0], large_sizes[1] + 1)
+                if large_one
+                else rng.integers(20, 81)
+            )
             if large_one and size >= min(height, width):
                 continue
             if large_one:  # centred on a vertical or horizontal seam, or on a corner
@@ -170,15 +185,16 @@ def _run(arguments: dict[str, Any], image: np.ndarray, queue: multiprocessing.Qu
     """One generation in a fresh process: records, seconds and peak RSS (MiB)."""
     import torch
 
-    from amg_lightning.allocator import keep_freed_memory
     from amg_lightning.core.generator import AutomaticMaskGenerator
     from amg_lightning.core.models import build_sam
+    from amg_lightning.utils.allocator import keep_freed_memory
 
     torch.set_num_threads(arguments.pop("threads"))
     keep_freed_memory()
     sam = build_sam(arguments.pop("model_type"), arguments.pop("checkpoint"))
-    tiles = arguments.pop("tiles", None)  # boxes: each generated on its own, one after another
-    generator = AutomaticMaskGenerator(sam, output_mode="coco_rle", **arguments)
+    grid = arguments.pop("tiles", None)  # a TileGrid: each tile generated on its own
+    mode = "coco_rle" if grid is None else "uncompressed_rle"
+    generator = AutomaticMaskGenerator(sam, output_mode=mode, **arguments)
     before = _rss_mib()
     peak = [before]
 
@@ -189,16 +205,30 @@ def _run(arguments: dict[str, Any], image: np.ndarray, queue: multiprocessing.Qu
 
     threading.Thread(target=sample, daemon=True).start()
     started = time.perf_counter()
-    if tiles is None:
+    if grid is None:
         records = generator.generate(image)
     else:
         records = [
-            r for x0, y0, x1, y1 in tiles for r in generator.generate(image[y0:y1, x0:x1].copy())
+            _image_record(mask, grid.image_size)
+            for t in range(len(grid))
+            for mask in tile_masks(generator.generate(_tile(image, grid.box(t))), grid, t)
         ]
     seconds = time.perf_counter() - started
     time.sleep(0.01)
     kernel_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     queue.put((records, seconds, max(peak[0], kernel_peak), before))
+
+
+def _tile(image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    x0, y0, x1, y1 = box
+    return image[y0:y1, x0:x1].copy()
+
+
+def _image_record(mask: TileMask, image_size: tuple[int, int]) -> dict[str, Any]:
+    """What recall reads of a tile's mask moved into the image, unmerged."""
+    x0, y0, x1, y1 = mask.crop_box
+    counts = runs_to_counts(mask.runs, image_size)
+    return {"segmentation": rle.to_coco(counts, image_size), "crop_box": [x0, y0, x1 - x0, y1 - y0]}
 
 
 def _rss_mib() -> float:
@@ -212,7 +242,14 @@ def run_in_child(arguments: dict[str, Any], image: np.ndarray) -> tuple[list, fl
     queue = context.Queue()
     process = context.Process(target=_run, args=(dict(arguments), image, queue))
     process.start()
-    result = queue.get()
+    while True:  # a child that dies (an import error, out of memory) puts nothing
+        try:
+            result = queue.get(timeout=1)
+            break
+        except queue_module.Empty:
+            if not process.is_alive():
+                message = f"the run's process ended with exit status {process.exitcode}"
+                raise RuntimeError(message) from None
     process.join()
     return result
 
@@ -226,6 +263,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--width", type=int, default=6000)
     parser.add_argument("--small", type=int, default=400)
     parser.add_argument("--large", type=int, default=12)
+    parser.add_argument("--large-min", type=int, default=300, help="large objects' least size")
+    parser.add_argument("--large-max", type=int, default=1500, help="and greatest (pixels)")
+    parser.add_argument("--seed", type=int, default=0, help="the scene's")
     parser.add_argument("--tile-size", type=int, default=1024)
     parser.add_argument("--tile-overlap", type=int, default=256)
     parser.add_argument("--points-per-side", type=int, default=16)
@@ -237,7 +277,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", help="append the result as one json line to this file")
     args = parser.parse_args(argv)
     scene = make_scene(
-        args.height, args.width, args.small, args.large, args.tile_size, args.tile_overlap
+        args.height,
+        args.width,
+        args.small,
+        args.large,
+        args.tile_size,
+        args.tile_overlap,
+        args.seed,
+        (args.large_min, args.large_max),
     )
     common = {
         "model_type": args.model_type,
@@ -261,8 +308,9 @@ def main(argv: list[str] | None = None) -> None:
             scene.image,
         ),
         "one_tile": (common, tile),
-        # Every tile generated on its own: the peak is the largest single tile's.
-        "each_tile": ({**common, "tiles": [grid.box(t) for t in range(len(grid))]}, scene.image),
+        # Every tile generated on its own, its masks moved into the image and not merged:
+        # naive tiling; the peak is the largest single tile's.
+        "each_tile": ({**common, "tiles": grid}, scene.image),
     }
     found = {}
     for name in args.runs.split(","):
@@ -273,7 +321,7 @@ def main(argv: list[str] | None = None) -> None:
         found[name] = records
         print(name, json.dumps(result[name]), flush=True)
     # Scored after every child has run: torch is first used here, never before a fork.
-    for name in {"untiled", "tiled"} & set(found):
+    for name in {"untiled", "tiled", "each_tile"} & set(found):
         result[name]["recall"] = recall(scene, found[name], (0.5, 0.8))
     if args.output:
         with open(args.output, "a") as handle:

@@ -14,10 +14,18 @@ never as dense image-sized arrays, and merged:
   is dropped: that tile holds the object whole.
 - Whole masks that agree are one object seen twice: the one farthest from its tile's inner
   edges is kept.
-- Cut masks that agree are pieces of one object, merged transitively (so an object larger
-  than a tile becomes one mask). Each pixel of the merged mask comes from the piece of the
-  tile whose *core* holds it; the cores split every overlap at its middle, so they partition
-  the image. Where a tile found no piece, the pixels of the other pieces are kept.
+- The *overview* pass generates the whole image once, shrunk to a long side of `tile_size`
+  (or the encoder's input size, if larger), and scales its masks back up by nearest
+  neighbour. An overview mask is kept when no tile holds its box whole (20 pixels from every
+  inner edge), else dropped: that tile sees the object at full resolution.
+- A cut mask that agrees with a kept overview mask inside its own tile (IoU of the cut mask
+  and the overview mask's part in the tile at least `AGREEMENT_IOU`) is dropped: the
+  overview mask holds the object whole, as a crop pyramid's larger crop does.
+- The remaining cut masks that agree are pieces of one object, merged transitively (so an
+  object larger than a tile becomes one mask). Each pixel of the merged mask comes from the
+  piece of the tile whose *core* holds it; the cores split every overlap at its middle, so
+  they partition the image. Where a tile found no piece, the pixels of the other pieces are
+  kept.
 
 An image that fits in one tile gets exactly the untiled result.
 """
@@ -31,8 +39,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from PIL import Image
 
 from amg_lightning.core import rle
+from amg_lightning.core.image import resized_shape
 
 if TYPE_CHECKING:
     from amg_lightning.core.generator import AutomaticMaskGenerator
@@ -40,6 +50,7 @@ if TYPE_CHECKING:
 
 EDGE_MARGIN = 20  # pixels; the generator's own crop-edge filter uses the same distance
 AGREEMENT_IOU = 0.5
+OVERVIEW = -1  # the `tile` of the overview pass's masks
 
 Box = tuple[int, int, int, int]  # XYXY, exclusive end
 
@@ -135,6 +146,26 @@ def subtract(runs: np.ndarray, box: Box) -> np.ndarray:
     pieces = np.concatenate([runs[~inside], above, below])
     pieces = pieces[pieces[:, 2] > pieces[:, 1]]
     return pieces[np.lexsort((pieces[:, 1], pieces[:, 0]))]
+
+
+def upscale(runs: np.ndarray, size: tuple[int, int], image_size: tuple[int, int]) -> np.ndarray:
+    """Runs of an H x W mask scaled up to `image_size` by nearest neighbour: each pixel of the
+    large image takes the small pixel under its centre, the inverse of a box (area) shrink."""
+    columns, rows = _spans(size[1], image_size[1]), _spans(size[0], image_size[0])
+    first, widths = columns[runs[:, 0]], np.diff(columns)[runs[:, 0]]
+    owner = np.repeat(np.arange(len(runs)), widths)
+    within = np.arange(widths.sum()) - np.repeat(np.cumsum(widths) - widths, widths)
+    scaled = np.stack(
+        [first[owner] + within, rows[runs[owner, 1]], rows[runs[owner, 2]]], axis=1
+    ).reshape(-1, 3)
+    return scaled[np.lexsort((scaled[:, 1], scaled[:, 0]))]
+
+
+def _spans(small: int, large: int) -> np.ndarray:
+    """Where each of `small` pixels' span starts along an axis `large` long, then `large`:
+    large pixel X lies in small pixel floor((X + 0.5) * small / large)."""
+    i = np.arange(small + 1, dtype=np.int64)
+    return -((small - 2 * i * large) // (2 * small))  # ceil(i * large / small - 0.5)
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -310,8 +341,11 @@ def tile_masks(records: list[dict[str, Any]], grid: TileGrid, tile: int) -> list
     return out
 
 
-def merge_tile_masks(masks: list[TileMask], grid: TileGrid) -> list[TileMask]:
-    """One mask per object from the masks of all tiles, by the rule in the module docstring."""
+def merge_tile_masks(
+    masks: list[TileMask], grid: TileGrid, overview: list[TileMask] | None = None
+) -> list[TileMask]:
+    """One mask per object from the masks of all tiles and of the overview pass, by the rule
+    in the module docstring."""
     boxes = [m.box for m in masks]
     cut = [
         grid.inner_edge_gap(m.tile, box) < EDGE_MARGIN for m, box in zip(masks, boxes, strict=True)
@@ -328,6 +362,12 @@ def merge_tile_masks(masks: list[TileMask], grid: TileGrid) -> list[TileMask]:
         else:
             gaps = [grid.inner_edge_gap(masks[k].tile, boxes[k]) for k in (i, j)]
             dropped.add(j if gaps[0] >= gaps[1] else i)
+    spanning = [g for g in overview or [] if not _whole_in_a_tile(g.box, grid)]
+    dropped |= {
+        k
+        for k in range(len(masks))
+        if cut[k] and k not in dropped and _yields(masks[k], spanning, grid)
+    }
     groups = _groups(len(masks), [(i, j) for i, j in cut_links if not {i, j} & dropped])
     merged = []
     for group in groups:
@@ -336,7 +376,24 @@ def merge_tile_masks(masks: list[TileMask], grid: TileGrid) -> list[TileMask]:
         merged.append(
             masks[group[0]] if len(group) == 1 else _stitch([masks[k] for k in group], grid)
         )
-    return merged
+    return merged + spanning
+
+
+def _whole_in_a_tile(box: np.ndarray, grid: TileGrid) -> bool:
+    return any(grid.inner_edge_gap(t, box) >= EDGE_MARGIN for t in range(len(grid)))
+
+
+def _yields(piece: TileMask, spanning: list[TileMask], grid: TileGrid) -> bool:
+    """Whether a cut piece agrees with one of the `spanning` overview masks inside its tile."""
+    tile = grid.box(piece.tile)
+    runs = None
+    for whole in spanning:
+        if not _boxes_meet(piece.box, whole.box):
+            continue
+        runs = piece.runs if runs is None else runs
+        if iou(runs, clip(whole.runs, tile)) >= AGREEMENT_IOU:
+            return True
+    return False
 
 
 def _agreeing_pairs(
@@ -463,7 +520,42 @@ def _generate_one(
     per_tile: AutomaticMaskGenerator, image: np.ndarray, settings: AmgSettings
 ) -> list[dict[str, Any]]:
     grid = TileGrid.for_image(image.shape[:2], settings.tile_size, settings.tile_overlap)
-    return merge_tiles(grid, _tile_records(per_tile, image, grid, settings), settings.output_mode)
+    overview = _overview(per_tile, image, settings)
+    tiles = _tile_records(per_tile, image, grid, settings)
+    return merge_tiles(grid, tiles, settings.output_mode, overview)
+
+
+def _overview(
+    per_tile: AutomaticMaskGenerator, image: np.ndarray, settings: AmgSettings
+) -> list[TileMask]:
+    """The overview pass: the whole image shrunk to a long side of `tile_size` (or the
+    encoder's input size, if larger), generated as one image, its masks scaled back up."""
+    side = max(settings.tile_size, per_tile.encoder_size)
+    size = image.shape[:2]
+    small = resized_shape(*size, side) if max(size) > side else size
+    if small != size:  # a box filter: each small pixel the mean of the pixels it covers
+        image = np.array(Image.fromarray(image).resize(small[::-1], Image.BOX))
+    records = per_tile.generate(image)
+    return [overview_mask(record, small, size) for record in records if record["area"]]
+
+
+def overview_mask(
+    record: dict[str, Any], size: tuple[int, int], image_size: tuple[int, int]
+) -> TileMask:
+    """A record of the image shrunk to `size` (uncompressed RLE) as a mask of the image."""
+    counts = np.asarray(record["segmentation"]["counts"], dtype=np.int64)
+    runs = upscale(runs_from_counts(counts, size, (0, 0)), size, image_size)
+    columns, rows = _spans(size[1], image_size[1]), _spans(size[0], image_size[0])
+    x, y, w, h = record["crop_box"]
+    (px, py), scale = record["point_coords"][0], np.divide(image_size, size)
+    return TileMask.from_runs(
+        runs,
+        tile=OVERVIEW,
+        predicted_iou=record["predicted_iou"],
+        stability_score=record["stability_score"],
+        point=[float(px * scale[1]), float(py * scale[0])],
+        crop_box=[int(columns[x]), int(rows[y]), int(columns[x + w]), int(rows[y + h])],
+    )
 
 
 def _tile_records(
@@ -478,11 +570,15 @@ def _tile_records(
 
 
 def merge_tiles(
-    grid: TileGrid, tile_records: Iterable[tuple[int, list[dict[str, Any]]]], output_mode: str
+    grid: TileGrid,
+    tile_records: Iterable[tuple[int, list[dict[str, Any]]]],
+    output_mode: str,
+    overview: list[TileMask] | None = None,
 ) -> list[dict[str, Any]]:
-    """Image records from each tile's records (uncompressed RLE in the tile), one per object."""
+    """Image records from each tile's records (uncompressed RLE in the tile) and the overview
+    pass's masks, one per object."""
     masks = [m for tile, records in tile_records for m in tile_masks(records, grid, tile)]
-    merged = merge_tile_masks(masks, grid)
+    merged = merge_tile_masks(masks, grid, overview)
     merged.sort(key=lambda m: -m.predicted_iou)
     return [_record(m, grid.image_size, output_mode) for m in merged]
 
