@@ -218,3 +218,22 @@ def test_fast_parity_matches_each_reference_mask_to_its_best():
     assert found.count_mismatch == pytest.approx(0.5) and not found.ok
     assert fast_parity(reference, []).mean_iou == 0.0
     assert fast_parity([], []).ok
+
+
+def test_sam2_rows_compare_with_sam2s_generator_on_sharpened_weights(tmp_path):
+    pytest.importorskip("sam2")
+    argv = ["generate", *TINY_SETTINGS, "--images", str(_test_image(tmp_path))]
+    argv[argv.index("tiny")] = "tiny_sam2"
+    rows = cli.run([*argv, "--resize-long-side", "128", "--rounds", "1", "--sharpen", "--use-m2m"])
+
+    assert [r["mode"] for r in rows] == ["reference", "ours"]
+    reference, ours = rows
+    for row in rows:
+        assert row["model_type"] == "tiny_sam2" and row["weights"] == "sharpened random"
+        assert row["settings"]["use_m2m"] is True
+    assert reference["masks_per_image"] >= 1, "no masks: parity would be vacuous"
+    assert ours["exact_parity"] is True  # SAM2AutomaticMaskGenerator's records
+    with pytest.raises(SystemExit):  # random weights only
+        cli.run([*argv, "--sharpen", "--checkpoint", str(tmp_path / "x.pt")])
+    with pytest.raises(SystemExit):  # not a SAM 1 setting
+        cli.run(["generate", *TINY_SETTINGS, "--images", "x.jpg", "--use-m2m"])

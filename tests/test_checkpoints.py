@@ -13,8 +13,9 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import torch
 
-from amg_lightning.core.models import CheckpointError
+from amg_lightning.core.models import CheckpointError, build_sam
 from amg_lightning.run.checkpoints import (
     CACHE_DIR_ENV,
     SOURCES,
@@ -177,3 +178,45 @@ def test_official_mobile_sam_matches_its_source(tmp_path: Path, checkpoint_path:
     (tmp_path / "mobile_sam.pt").symlink_to(checkpoint_path)
     assert resolve_checkpoint("vit_t", cache_dir=tmp_path) == tmp_path / "mobile_sam.pt"
     assert (tmp_path / "mobile_sam.pt.sha256").read_text().split()[0] == SOURCES["vit_t"].sha256
+
+
+def test_sam2_sources_are_meta_s_files_without_a_sha256() -> None:
+    base = "https://dl.fbaipublicfiles.com/segment_anything_2"
+    assert SOURCES["sam2.1_hiera_t"].url == f"{base}/092824/sam2.1_hiera_tiny.pt"
+    assert SOURCES["sam2.1_hiera_b+"].filename == "sam2.1_hiera_base_plus.pt"
+    assert SOURCES["sam2_hiera_l"].url == f"{base}/072824/sam2_hiera_large.pt"
+    assert all(SOURCES[name].sha256 is None for name in SOURCES if "hiera" in name)
+
+
+def test_cached_sam2_file_is_found_by_name_without_network(tmp_path: Path) -> None:
+    (tmp_path / "sam2.1_hiera_small.pt").write_bytes(WEIGHTS)
+    sources = {"sam2.1_hiera_s": CheckpointSource(closed_port_url(), None, "sam2.1_hiera_small.pt")}
+    path = resolve_checkpoint("sam2.1_hiera_s", cache_dir=tmp_path, sources=sources)
+    assert path == tmp_path / "sam2.1_hiera_small.pt"
+    assert resolve_checkpoint("sam2.1_hiera_s", cache_dir=tmp_path) == path  # the real source
+    assert resolve_checkpoint("tiny_sam2", cache_dir=tmp_path) is None
+
+
+def test_sam2_offline_message_names_the_url_and_model_checkpoint(tmp_path: Path) -> None:
+    url = closed_port_url()
+    sources = {"sam2_hiera_t": CheckpointSource(url, None, "sam2_hiera_tiny.pt")}
+    with pytest.raises(CheckpointUnavailable) as caught:
+        resolve_checkpoint("sam2_hiera_t", cache_dir=tmp_path, sources=sources)
+    message = str(caught.value)
+    assert f"Download {url} yourself and put it at {tmp_path / 'sam2_hiera_tiny.pt'}" in message
+    assert "model.checkpoint=PATH" in message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_sam1_file_under_a_sam2_name_is_refused(tmp_path: Path) -> None:
+    pytest.importorskip("sam2")
+    torch.save(build_sam("tiny").state_dict(), tmp_path / "sam2.1_hiera_tiny.pt")
+    path = resolve_checkpoint("sam2.1_hiera_t", cache_dir=tmp_path)
+    refused = re.escape("is a tiny checkpoint, but model type is sam2.1_hiera_t")
+    with pytest.raises(CheckpointError, match=refused):
+        build_sam("sam2.1_hiera_t", path)
+    torch.save(build_sam("tiny_sam2").state_dict(), tmp_path / "mobile_sam.pt")
+    with pytest.raises(
+        CheckpointError, match="is a SAM 2 tiny checkpoint, but model type is vit_t"
+    ):
+        build_sam("vit_t", tmp_path / "mobile_sam.pt")

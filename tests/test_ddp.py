@@ -43,18 +43,23 @@ def assert_complete(output_dir: Path, keys: list[str]) -> None:
 
 
 @pytest.mark.parametrize(
-    "sizes",
+    "sizes, model",
     [
-        pytest.param([3, 2, 2], id="more-shards-than-readers"),
-        pytest.param([7], id="one-shard-for-two-readers"),
+        pytest.param([3, 2, 2], "tiny", id="more-shards-than-readers"),
+        pytest.param([7], "tiny", id="one-shard-for-two-readers"),
+        pytest.param([3, 2, 2], "tiny_sam2", id="sam2"),
     ],
 )
-def test_two_ranks_split_the_images(tmp_path: Path, sizes: list[int]) -> None:
+def test_two_ranks_split_the_images(tmp_path: Path, sizes: list[int], model: str) -> None:
+    if model == "tiny_sam2":
+        pytest.importorskip("sam2")
     keys = write_jpeg_shards(tmp_path / "shards", sizes)
     out = tmp_path / "out"
-    finished = run_cli([*DDP, f"data.urls={tmp_path / 'shards'}", f"output_dir={out}"], tmp_path)
+    args = [f"model={model}", *DDP[1:], f"data.urls={tmp_path / 'shards'}", f"output_dir={out}"]
+    finished = run_cli(args, tmp_path)
 
     assert_complete(out, keys)
+    assert json.loads((out / "run.json").read_text())["model"]["model_type"] == model
     assert f"done: {len(keys)} images" in finished.stdout
 
 

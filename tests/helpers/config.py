@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
@@ -13,6 +14,9 @@ from amg_lightning.run.config import check_config
 def compose_config(overrides: list[str]) -> DictConfig:
     """Composes predict.yaml with `overrides` and makes it Hydra's current config (undo with
     `forget_config`)."""
+    # Importing sam2 initialises Hydra's global state for sam2's own configs, which
+    # initialize_config_dir refuses to replace; the generator never composes through it.
+    GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("predict", overrides=overrides, return_hydra_config=True)
     HydraConfig().set_config(cfg)
