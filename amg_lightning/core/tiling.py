@@ -530,7 +530,7 @@ def _overview(
 ) -> list[TileMask]:
     """The overview pass: the whole image shrunk to a long side of `tile_size` (or the
     encoder's input size, if larger), generated as one image, its masks scaled back up."""
-    side = max(settings.tile_size, per_tile.encoder_size)
+    side = max(settings.tile_size, per_tile.family.encoder_size)
     size = image.shape[:2]
     small = resized_shape(*size, side) if max(size) > side else size
     if small != size:  # a box filter: each small pixel the mean of the pixels it covers
