@@ -3,8 +3,8 @@
 The tiny random SAM 2.1 is sharpened (conftest's sharp_sam2) so that masks differ per point
 and scores spread; with the NMS thresholds opened every mask reaches the records, and the
 tolerances are test_filters' (random logits put pixels within rounding of the cutoffs).
-The reference's image predictor assumes a 1024-pixel input for its feature map sizes; for
-the 256-pixel tiny model they are set to its own.
+The reference is built as amg-bench builds it (bench.generate.sam2_reference: its feature
+map sizes set to the 256-pixel tiny model's own).
 
 min_mask_region_area: SAM 2 passes it to its CUDA extension, which fills holes and removes
 islands in the low-res logits; without the extension (every CPU install) the reference warns
@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from amg_lightning import AutomaticMaskGenerator
+from amg_lightning.bench.generate import sam2_reference
 from amg_lightning.core.models import build_sam
 from tests.helpers.images import read_photo
 from tests.helpers.parity import assert_same_records
@@ -40,9 +41,7 @@ TINY_PIXEL_TOL = 2
 
 
 def reference(model: torch.nn.Module, image, **settings) -> list[dict]:
-    generator = sam2_generator.SAM2AutomaticMaskGenerator(model, **settings)
-    side = model.image_size // 4
-    generator.predictor._bb_feat_sizes = [(side, side), (side // 2, side // 2), (side // 4,) * 2]
+    generator = sam2_reference(model, **settings)
     with pytest.warns(UserWarning) if settings.get("min_mask_region_area") else _nothing():
         return generator.generate(image)
 

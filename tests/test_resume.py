@@ -146,7 +146,7 @@ def test_resume_may_change_what_does_not_change_masks(
     assert samples(out) == complete
     recorded = json.loads((out / "run.json").read_text())
     assert recorded["settings"]["points_per_side"] == 4
-    assert recorded["model"] == {"model_type": "tiny", "checkpoint_sha256": None}
+    assert recorded["model"] == {"model_type": "tiny", "family": "sam", "checkpoint_sha256": None}
     assert summary["run"] == recorded
 
 
