@@ -111,11 +111,18 @@ def test_hydra_refuses_override(tmp_path: Path, shards: Path, override: str, mes
     assert "+pred_iou_threshold" not in run_predict([override], tmp_path, TIMEOUT_S).stderr
 
 
+# SAM 2 and 2.1 in every size, then the tiny random one.
+SAM2_TYPES = ", ".join(
+    [f"{v}_hiera_{s}" for v in ("sam2.1", "sam2") for s in ("t", "s", "b+", "l")] + ["tiny_sam2"]
+)
+
+
 def test_unknown_model_type(tmp_path: Path, shards: Path) -> None:
     assert_fails_with_one_line(
         tmp_path,
         [f"data.urls={shards}", "model.model_type=vit_x"],
-        "model.model_type must be one of vit_h, vit_l, vit_b, vit_t, tiny, got 'vit_x'",
+        f"model.model_type must be one of vit_h, vit_l, vit_b, vit_t, tiny, {SAM2_TYPES}, "
+        "got 'vit_x'",
     )
 
 
