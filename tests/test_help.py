@@ -20,7 +20,7 @@ def test_help_lists_every_setting_with_its_value(tmp_path: Path) -> None:
     assert finished.returncode == 0, finished.stdout + finished.stderr
     lines = [line.strip() for line in finished.stdout.splitlines()]
     # A setting's line: `name=value  meaning`.
-    names = [m[1] for line in lines if (m := re.match(r"([a-z_.]+)=\S*  \w", line))]
+    names = [m[1] for line in lines if (m := re.match(r"([a-z0-9_.]+)=\S*  \w", line))]
     top_level = {name.split(".")[0] for name in names}
     assert sorted(key for key in cfg if key != "hydra" and key not in top_level) == []
     data_keys = {f"data.{key}" for key in cfg.data if key != "_target_"}

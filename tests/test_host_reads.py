@@ -13,11 +13,13 @@ from amg_lightning.core.grids import crop_boxes
 from tests.helpers.host_reads import count_host_reads
 
 # Per decode batch: how many masks pass the IoU filter, which tiles to resize (once per slice
-# of full-resolution work: one slice holds upscale_budget_mb of masks), and how many pass the
-# rest. Per crop: its NMS, which of the survivors' tiles to resize, and their change
-# positions. Per image: cross-crop NMS and its kept indices, the packed copy, and the record
-# columns read into Python (5, then 1 for the cross-crop order).
-PER_BATCH, PER_CROP, PER_IMAGE = 3, 3, 9
+# of full-resolution work: one slice holds upscale_budget_mb of masks), where each slice of
+# whole-mask resizes starts (only when over half the tiles need resizing, as with these
+# random weights), and how many pass the rest. Per crop: its NMS, which of the survivors'
+# tiles to resize (and where whole-mask slices start), and their change positions. Per
+# image: cross-crop NMS and its kept indices, the packed copy, and the record columns read
+# into Python (5, then 1 for the cross-crop order).
+PER_BATCH, PER_CROP, PER_IMAGE = 4, 4, 9
 SETTINGS = {
     "points_per_side": 8,
     "points_per_batch": 16,
