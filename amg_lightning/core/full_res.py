@@ -41,7 +41,7 @@ _TILE = 32  # `_count_tiles` needs TILE * TILE to be a multiple of 8 below 2048
 # at 2048 tiles they did not, and dog.jpg's full-resolution stage faulted 0.7 million fresh
 # pages in (and took a third longer) under the default allocator. CUDA's allocator reuses any
 # size, and small steps there would only add kernel launches.
-_TILES_PER_STEP = {"cpu": 512}
+_CPU_TILES_PER_STEP = 512
 _DEVICE_TILES_PER_STEP = 32768
 # When more than this share of the tiles needs resizing (logits near a cutoff everywhere, as
 # random weights give them), whole masks are resized by F.interpolate and cut into tiles: a
@@ -286,7 +286,7 @@ class CropResize:
         by tile, or, when most tiles need resizing, cut from masks resized whole."""
         count, tile_rows, tile_cols = len(low_res), len(self.rows.pixels), len(self.cols.pixels)
         if len(tiles) <= _MOST_RESIZED_TILES * count * tile_rows * tile_cols:
-            step = _TILES_PER_STEP.get(low_res.device.type, _DEVICE_TILES_PER_STEP)
+            step = _CPU_TILES_PER_STEP if low_res.device.type == "cpu" else _DEVICE_TILES_PER_STEP
             for start in range(0, len(tiles), step):
                 part = slice(start, start + step)
                 yield part, self.tile_values(low_res, tiles[part])
