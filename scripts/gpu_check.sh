@@ -4,7 +4,9 @@
 #   (a, b) the GPU tests: the device post-processing bit-equal to the reference's own on
 #          captured CUDA decoder outputs, and the syncs per image;
 #   (c)    exact mode against the reference in one process, TF32 off for both: MobileSAM on
-#          3 photos at the defaults and one at crop_n_layers 1;
+#          3 photos at the defaults and one at crop_n_layers 1; then fast mode (the bf16
+#          upscaler, and the same with TF32 products) against exact mode on every photo of
+#          AMG_TEST_IMAGES, per photo: mean matched IoU and mask count mismatch;
 #   (d)    throughput through the whole pipeline (predict.py) over one shard of 66 photos
 #          (each photo as is, flipped, turned and cut): images/s and the GPU's busy fraction,
 #          for vit_t at the defaults and at crop_n_layers 1, and vit_h with random weights at
@@ -49,8 +51,27 @@ generate() {
         --json docs/benchmarks.jsonl --markdown docs/gpu.md "$@"
 }
 export -f generate
-step 90 generate --max-images 3
-step 60 generate --max-images 1 --crop-n-layers 1
+step 80 generate --max-images 3
+step 55 generate --max-images 1 --crop-n-layers 1
+fast_per_photo() {
+    generate --against exact --fast --tf32 --rounds 1 &&
+    "$PYTHON" - docs/benchmarks.jsonl >>docs/gpu.md <<'PY'
+"""Per photo, fast mode against exact mode: the last run's rows of docs/benchmarks.jsonl."""
+import json, sys
+rows = [json.loads(line) for line in open(sys.argv[1])]
+fast = [r for r in rows if r.get("baseline") == "ours" and r["mode"].startswith("ours_fast")][-2:]
+print("\n| photo | mode | masks (exact / fast) | mean matched IoU | count mismatch |")
+print("|---|---|---|---:|---:|")
+for row in fast:
+    for image in row["per_image"]:
+        print(f"| {image['image']} | {row['mode']} ({row['precision']}) | "
+              f"{image['n_reference']} / {image['n_ours']} | {image['mean_iou']:.4f} | "
+              f"{image['count_mismatch']:.3f} |")
+print()
+PY
+}
+export -f fast_per_photo
+step 40 fast_per_photo
 
 "$PYTHON" - "$IMAGES" "$WORK/photos" <<'EOF'
 """66 photos from the given ones: each as is, mirrored, flipped, turned, transposed, cut."""

@@ -11,6 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from amg_lightning.bench import cli, generate
 from amg_lightning.data.decode import IMAGE_EXTENSIONS
@@ -92,19 +93,23 @@ def test_rows_have_timings_parity_and_memory(tmp_path):
 
 def test_against_exact_matches_fast_mode_to_the_exact_mode(tmp_path):
     argv = ["generate", *TINY_SETTINGS, "--images", str(_test_image(tmp_path))]
-    rows = cli.run(
-        [*argv, "--resize-long-side", "128", "--rounds", "1", "--against", "exact", "--fast"]
-    )
+    argv += ["--resize-long-side", "128", "--rounds", "1", "--against", "exact"]
+    rows = cli.run([*argv, "--fast", "--tf32"])
 
-    assert [r["mode"] for r in rows] == ["ours", "ours_fast"]
-    exact, fast = rows
+    assert [r["mode"] for r in rows] == ["ours", "ours_fast", "ours_fast_tf32"]
+    exact, fast, fast_tf32 = rows
+    assert fast_tf32["precision"] == "bf16-upscaler, tf32"
+    # TF32 is allowed only during that mode's calls, never left on for the others.
+    assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
     assert all(row["baseline"] == "ours" for row in rows)
     assert exact["masks_per_image"] >= 1, "no masks: parity would be vacuous"
     assert all(exact[name] is None for name in generate.PARITY_FIELDS)
     assert fast["per_image"][0]["n_reference"] == exact["per_image"][0]["n_masks"]
     assert 0.0 <= fast["mean_iou"] <= 1.0
     with pytest.raises(SystemExit):  # nothing to compare without fast mode
-        cli.run([*argv, "--rounds", "1", "--against", "exact"])
+        cli.run(argv)
+    with pytest.raises(SystemExit):  # --tf32 times fast mode
+        cli.run([*argv, "--tf32"])
 
 
 def test_pipeline_runs_the_console_script_and_reads_its_summary(tmp_path):

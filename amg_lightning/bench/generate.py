@@ -40,6 +40,7 @@ SETTING_FLAGS = (
     "crop_n_points_downscale_factor",
     "use_m2m",
 )
+PRECISION = {"ours_fast": "bf16-upscaler", "ours_fast_tf32": "bf16-upscaler, tf32"}
 PARITY_FIELDS = (
     "exact_parity",
     "mean_iou",
@@ -95,6 +96,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "it), to check fast mode on many images without the reference's minutes per image",
     )
     parser.add_argument(
+        "--tf32",
+        action="store_true",
+        help="with --fast on CUDA, also time fast mode with TF32 products allowed during its "
+        "calls (mode ours_fast_tf32); every other mode keeps TF32 off",
+    )
+    parser.add_argument(
         "--reference-rounds",
         type=int,
         help="timed rounds of the reference (default --rounds; 1 when it is slow)",
@@ -121,6 +128,8 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         parser.error("give --images and/or --synthetic-size")
     if args.against == "exact" and not args.fast:
         parser.error("--against exact compares fast mode with exact mode: add --fast")
+    if args.tf32 and not args.fast:
+        parser.error("--tf32 times fast mode with TF32 products: add --fast")
     if args.sharpen and args.checkpoint is not None:
         parser.error("--sharpen changes random weights: leave out --checkpoint")
     if args.use_m2m and model_family(args.model_type) != "sam2":
@@ -197,7 +206,29 @@ def build_modes(model: torch.nn.Module, args: argparse.Namespace) -> list[Mode]:
         fast = AutomaticMaskGenerator(model, fast=True, **settings)
         fast_light = AutomaticMaskGenerator(model, fast=True, **light)
         modes.append(Mode("ours_fast", fast.generate, args.rounds, fast_light.generate))
+        if args.tf32:
+            modes.append(
+                Mode(
+                    "ours_fast_tf32",
+                    with_tf32(fast.generate),
+                    args.rounds,
+                    with_tf32(fast_light.generate),
+                )
+            )
     return modes
+
+
+def with_tf32(generate: Callable[[np.ndarray], list[dict]]) -> Callable[[np.ndarray], list[dict]]:
+    """`generate` with TF32 products allowed during each call (the flags are process-wide)."""
+
+    def call(image: np.ndarray) -> list[dict]:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        try:
+            return generate(image)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+
+    return call
 
 
 def compare(reference: list[dict], ours: list[dict]) -> dict[str, Any]:
@@ -295,7 +326,7 @@ def mode_row(mode: Mode, reference: Mode, common: dict[str, Any]) -> dict[str, A
     return {
         **common,
         "mode": mode.name,
-        "precision": "bf16-upscaler" if mode.name == "ours_fast" else "fp32",
+        "precision": PRECISION.get(mode.name, "fp32"),
         "rounds": mode.rounds,
         "calls": len(seconds),
         "seconds_per_image": per_image,
