@@ -1,8 +1,10 @@
-"""SAM 2 through the whole run, in-process with the tiny random SAM 2.1 (model=tiny_sam2):
-run.json records the family and resume refuses a switch; tiled images and the COCO export."""
+"""SAM 2 through the whole run with the tiny random SAM 2.1 (model=tiny_sam2): run.json
+records the family and resume refuses a switch; tiled images and the COCO export; a sweep
+with evaluation and the SA-1B export."""
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import tarfile
@@ -14,11 +16,13 @@ import pytest
 from PIL import Image
 from pycocotools import mask as coco_mask
 
+from amg_lightning.data.synthetic import SceneSpec, write_dataset
 from amg_lightning.results import export
 from amg_lightning.results.shards import iter_results
 from amg_lightning.run.config import ConfigError
 from tests.helpers.config import forget_config, run_in_process
 from tests.helpers.jpeg_shards import write_jpeg_shards
+from tests.helpers.predict import run_predict
 
 pytest.importorskip("sam2")
 
@@ -89,3 +93,55 @@ def test_tiled_image_and_its_coco_export(tmp_path: Path) -> None:
     ]
     exported = {a["id"]: a["segmentation"]["counts"] for a in coco["annotations"]}
     assert exported == {a["id"]: a["segmentation"]["counts"] for a in annotations}
+
+
+@pytest.mark.e2e
+def test_use_m2m_sweep_with_evaluation_and_sa1b_export(tmp_path: Path) -> None:
+    """A real Hydra multirun over SAM 2's `use_m2m`, scored against synthetic ground truth,
+    encoding each image once; then a job's masks exported as SA-1B jsons."""
+    dataset = write_dataset(tmp_path / "data", count=2, seed=3, spec=SceneSpec(96, 128))
+    sweep_dir = tmp_path / "sweep"
+    done = run_predict(
+        [
+            "-m",
+            *FAST,
+            f"data.urls={dataset.shards[0].parent}",
+            "use_m2m=false,true",
+            f"eval.gt={dataset.annotations}",
+            f"embedding_cache.dir={tmp_path / 'cache'}",
+            f"hydra.sweep.dir={sweep_dir}",
+        ],
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    summaries = [json.loads((sweep_dir / str(n) / "summary.json").read_text()) for n in range(2)]
+    assert [s["config"]["use_m2m"] for s in summaries] == [False, True]
+    for summary in summaries:
+        assert summary["images"] == 2 and summary["masks"] > 0
+        assert 0.0 <= summary["eval"]["AR@100"] <= 1.0
+    # m2m decodes every mask again, so its records differ from the first pass's.
+    passes = [
+        sorted(json.dumps(r["annotations"]) for r in iter_results(sweep_dir / str(n)))
+        for n in range(2)
+    ]
+    assert passes[0] != passes[1]
+    with open(sweep_dir / "sweep.csv", newline="") as table:
+        rows = list(csv.DictReader(table))
+    assert [row["use_m2m"] for row in rows] == ["False", "True"] and "AR@100" in rows[0]
+    assert len(list((tmp_path / "cache").rglob("*.pt"))) == 2  # the second job's were hits
+
+    sa1b = tmp_path / "sa1b"
+    assert export.main([str(sweep_dir / "1"), "--sa1b", str(sa1b)]) == 0
+    exported = [json.loads(path.read_text()) for path in sorted(sa1b.iterdir())]
+    assert len(exported) == 2
+    for image in exported:
+        assert image["annotations"]
+        for annotation in image["annotations"]:
+            rle = {
+                **annotation["segmentation"],
+                "counts": annotation["segmentation"]["counts"].encode(),
+            }
+            assert rle["size"] == [image["image"]["height"], image["image"]["width"]]
+            assert int(coco_mask.area(rle)) == annotation["area"] > 0
