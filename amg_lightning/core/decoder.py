@@ -286,15 +286,16 @@ class PointDecoder(nn.Module):
     ) -> Tensor:
         """Block `i`'s image tokens attend to the prompt tokens; returns the keys after norm4.
 
-        In block 1 (`keys` is the shared 1 x N x C) the projected image query is shared;
-        later the query projection moves onto the tokens. The output projection always moves
+        While `keys` are the context's shared 1 x N x C the projected image query is shared;
+        else the query projection moves onto the tokens. The output projection always moves
         onto the tokens, and the residual add happens inside the last matrix product.
         """
         layer = self.transformer.layers[i]
         attn = layer.cross_attn_image_to_token
         heads, d = self.num_heads, attn.internal_dim // self.num_heads
         kh = _heads(attn.k_proj(queries + tokens), heads) / math.sqrt(d)  # B x H x T x d
-        if i == 0:
+        shared = keys is ctx.keys
+        if shared:
             scores = self._scores(kh, ctx.first_i2t_q)  # B x HT x N
         else:
             wq = attn.q_proj.weight.reshape(heads, d, -1)  # H x d x C
@@ -308,15 +309,21 @@ class PointDecoder(nn.Module):
         wo = attn.out_proj.weight.reshape(-1, heads, d).transpose(0, 1)  # H x C x d
         # Each head's probabilities sum to one, so the output bias is spread over the heads.
         u = _merge(vh @ wo.transpose(1, 2) + attn.out_proj.bias / heads)  # B x HT x C
-        # In block 1 the shared keys are added into a workspace; later keys are this batch's own.
-        out = self.workspace.get("keys", (b, *keys.shape[1:]), keys) if i == 0 else keys
+        # The shared keys are added into a workspace; a batch's own keys are updated in place.
+        out = self.workspace.get("keys", (b, *keys.shape[1:]), keys) if shared else keys
         return _add_and_norm(out, keys, probs.transpose(1, 2), u, layer.norm4)
 
     @torch.no_grad()
-    def decode_tokens(self, ctx: ImageContext, points: Tensor) -> DecodedTokens:
-        """Runs the two-way transformer and the IoU head for B points (model input frame)."""
+    def decode_tokens(
+        self, ctx: ImageContext, points: Tensor, keys: Tensor | None = None
+    ) -> DecodedTokens:
+        """Runs the two-way transformer and the IoU head for B points (model input frame).
+
+        `keys` (B x N x C, overwritten) are per-prompt image tokens in place of the context's
+        shared ones: the embedding plus each prompt's own dense (mask prompt) embedding.
+        """
         tokens = self._prompt_tokens(points)
-        queries, keys = tokens, ctx.keys
+        queries, keys = tokens, ctx.keys if keys is None else keys
         for i, layer in enumerate(self.transformer.layers):
             if i == 0:
                 queries = layer.self_attn(q=queries, k=queries, v=queries)
@@ -324,7 +331,7 @@ class PointDecoder(nn.Module):
                 q = queries + tokens
                 queries = queries + layer.self_attn(q=q, k=q, v=queries)
             queries = layer.norm1(queries)
-            if i == 0:
+            if keys is ctx.keys:
                 update = self._first_token_to_image(layer, ctx, queries + tokens)
             else:
                 attn = layer.cross_attn_token_to_image

@@ -109,21 +109,15 @@ class Sam2Decoder:
         mask prompt, one mask each (single-mask output): B x K results."""
         b, k = low_res.shape[:2]
         decoder = self.every_token
-        mask_decoder, first = decoder.mask_decoder, decoder.first_output
-        pe = decoder.prompt_encoder.get_dense_pe()
         ious, masks = [], []
         # Slot by slot: each pass has the B prompts of the first pass, as the reference's
         # batches of points_per_batch masks do at the default sizes.
         for slot in range(k):
             prompt = low_res[:, slot : slot + 1].clamp(-_MASK_PROMPT_BOUND, _MASK_PROMPT_BOUND)
             dense = decoder.prompt_encoder.mask_downscaling(prompt)
-            tokens = decoder._prompt_tokens(points)
-            queries, keys = decoder.transformer(ctx.embedding + dense, pe, tokens)
-            decoded = DecodedTokens(
-                keys=keys,
-                mask_tokens=queries[:, first + 1 : first + 5],
-                iou_preds=mask_decoder.iou_prediction_head(queries[:, first]),
-            )
+            # Each prompt's image tokens are its own: the embedding plus its mask prompt's.
+            keys = (ctx.embedding + dense).flatten(2).transpose(1, 2).contiguous()
+            decoded = decoder.decode_tokens(ctx, points, keys)
             every = torch.arange(b, device=points.device)
             refined = decoder.upscale(ctx, decoded, every).float()
             iou, mask = self._single_mask(decoded.iou_preds, refined)
