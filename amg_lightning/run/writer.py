@@ -50,8 +50,10 @@ class RleShardWriter(BasePredictionWriter):
     `"interrupted": true` when any rank was stopped early (`interrupted()` says so per rank).
 
     Batches are written in order by an `OrderedWorker` thread, which alone touches the open
-    shard and the counts until the run ends; every way a run ends waits for it first. A write
-    that failed there (a full disk) is raised from the next batch, or at the end.
+    shard and the counts until the run ends: `on_predict_end` and `on_exception` wait for it
+    before closing the shard. A write that failed there (a full disk) is raised from the next
+    batch, or at the end. A process ended outright (SIGKILL, a dead rank's `os._exit`) leaves
+    the open shard `*.tar.tmp`, as without the thread.
     """
 
     def __init__(
