@@ -177,12 +177,12 @@ def read_lines(pipe: Path, count: int) -> list[str]:
     return lines
 
 
-def wait_until_steady(values: list[int], seconds: float = 1.0) -> None:
-    """Until `values` has not grown for `seconds`."""
-    length = -1
-    while len(values) != length:
-        length = len(values)
-        time.sleep(seconds)
+def wait_for(count: int, values: list[int]) -> None:
+    """Until `values` holds `count`, then a second more, for any that would still come."""
+    deadline = time.monotonic() + 30
+    while len(values) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1)
 
 
 def test_a_slow_disk_holds_the_batches_back_instead_of_queueing_them(
@@ -198,7 +198,7 @@ def test_a_slow_disk_holds_the_batches_back_instead_of_queueing_them(
 
     producer = threading.Thread(target=produce, daemon=True)  # a failed test leaves it
     producer.start()
-    wait_until_steady(handed_over)
+    wait_for(PENDING_BATCHES + 1, handed_over)
     # One batch is being written (the pipe is not read), PENDING_BATCHES wait.
     assert len(handed_over) == PENDING_BATCHES + 1
     lines = read_lines(pipe, 12)
