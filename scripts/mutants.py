@@ -87,9 +87,23 @@ MUTANTS = [
     Mutant(
         "writer drops the last record: the open shard is never finished",
         "amg_lightning/run/writer.py",
-        "    ) -> None:\n        self._finish_shard()\n        wall_seconds",
-        "    ) -> None:\n        wall_seconds",
+        "        self._worker.close()\n        self._finish_shard()\n        wall_seconds",
+        "        self._worker.close()\n        wall_seconds",
         ("tests/test_writer.py",),
+    ),
+    Mutant(
+        "writer closes its shard without waiting for its thread's batches",
+        "amg_lightning/run/writer.py",
+        "        self._worker.close()\n        self._finish_shard()\n        wall_seconds",
+        "        self._finish_shard()\n        wall_seconds",
+        ("tests/test_writer_thread.py",),
+    ),
+    Mutant(
+        "writer's thread takes every batch handed over, however slow the disk",
+        "amg_lightning/utils/worker.py",
+        "queue.Queue(max_pending)",
+        "queue.Queue()",
+        ("tests/test_writer_thread.py",),
     ),
     Mutant(
         "resume trusts a damaged shard: one cut at a member boundary reads as complete",

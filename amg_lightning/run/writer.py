@@ -1,7 +1,8 @@
 """Streams predictions to WebDataset shards of COCO-RLE masks, one set of shards per rank.
 
 A shard is written as `*.tar.tmp`, flushed to disk and only then renamed, so a final-named
-shard is always complete, whatever kills the run; `run.resume` reads them back.
+shard is always complete, whatever kills the run; `run.resume` reads them back. The writing
+is done on a thread of its own, so that the main process goes on to the next batch.
 """
 
 from __future__ import annotations
@@ -33,8 +34,12 @@ from amg_lightning.results.run_folder import (
     write_summary,
 )
 from amg_lightning.run.ids import MAX_SHARD_SIZE, annotation_id, image_id
+from amg_lightning.utils.worker import OrderedWorker
 
 COUNT_NAMES = ("images", "masks", "errors")
+# Batches handed to the writing thread and not yet written: a few, so that memory stays
+# bounded and a slow disk slows prediction down.
+PENDING_BATCHES = 4
 
 
 class RleShardWriter(BasePredictionWriter):
@@ -43,6 +48,12 @@ class RleShardWriter(BasePredictionWriter):
     Successful images go to `masks-r{rank:03d}-{n:06d}.tar`, `shard_size` per shard;
     failed ones to `errors-r{rank:03d}.jsonl`. Rank 0 writes `summary.json` at the end, with
     `"interrupted": true` when any rank was stopped early (`interrupted()` says so per rank).
+
+    Batches are written in order by an `OrderedWorker` thread, which alone touches the open
+    shard and the counts until the run ends: `on_predict_end` and `on_exception` wait for it
+    before closing the shard. A write that failed there (a full disk) is raised from the next
+    batch, or at the end. A process ended outright (SIGKILL, a dead rank's `os._exit`) leaves
+    the open shard `*.tar.tmp`, as without the thread.
     """
 
     def __init__(
@@ -68,6 +79,7 @@ class RleShardWriter(BasePredictionWriter):
         self._shard_masks = 0
         self._counts = dict.fromkeys(COUNT_NAMES, 0)
         self._started = 0.0
+        self._worker: OrderedWorker | None = None
 
     def on_predict_start(
         self, trainer: lightning.Trainer, pl_module: lightning.LightningModule
@@ -84,6 +96,7 @@ class RleShardWriter(BasePredictionWriter):
         self._next_number = max(own_numbers, default=-1) + 1
         self._counts = dict.fromkeys(COUNT_NAMES, 0)
         self._started = time.perf_counter()
+        self._worker = OrderedWorker(PENDING_BATCHES, name=f"shard-writer-r{self.rank}")
 
     def _leftovers(self, world_size: int) -> list[Path]:
         """A killed run's unfinished shards and an earlier run's error records, for this rank.
@@ -109,6 +122,9 @@ class RleShardWriter(BasePredictionWriter):
         batch_idx: int,
         dataloader_idx: int,
     ) -> None:
+        self._worker.submit(lambda: self._write_batch(prediction))
+
+    def _write_batch(self, prediction: list[dict[str, Any]]) -> None:
         for result in prediction:
             if result["error"] is None:
                 self._write_image(result)
@@ -118,6 +134,7 @@ class RleShardWriter(BasePredictionWriter):
     def on_predict_end(
         self, trainer: lightning.Trainer, pl_module: lightning.LightningModule
     ) -> None:
+        self._worker.close()
         self._finish_shard()
         wall_seconds = time.perf_counter() - self._started
         counts = {**self._counts, "wall_seconds": wall_seconds, "interrupted": self.interrupted()}
@@ -134,7 +151,10 @@ class RleShardWriter(BasePredictionWriter):
     ) -> None:
         # Images already written are complete records; keep them rather than redo them. A
         # shard that cannot be finished (the folder is full) stays `*.tar.tmp`, redone on
-        # resume, and the run ends on the exception that came first.
+        # resume, and the run ends on the exception that came first. The batches handed over
+        # are written first (unless writing failed), as they would have been without a thread.
+        if self._worker is not None:
+            self._worker.close(raise_error=False)
         with contextlib.suppress(OSError):
             self._finish_shard()
 
