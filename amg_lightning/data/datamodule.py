@@ -6,9 +6,7 @@ reads all shards and keeps the samples whose running index i has i % G == g. Eit
 each sample goes to exactly one reader, in a deterministic order.
 
 A shard's samples, with its repeated keys and damage as error records, come from
-data/samples.py. Each worker also runs `prepare` on its decoded images (the model's crops
-cut and resized for its encoder, core/image.py's CropInputs), so the main process, which
-keeps the GPU busy, does not.
+data/samples.py.
 """
 
 from __future__ import annotations
@@ -16,13 +14,12 @@ from __future__ import annotations
 import glob
 import math
 import os
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning
-import numpy as np
 from braceexpand import braceexpand
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -38,7 +35,7 @@ from amg_lightning.utils.signals import (
 )
 
 Batch = dict[str, list[Any]]
-BATCH_FIELDS = ("key", "url", "file_name", "image", "inputs", "error")
+BATCH_FIELDS = ("key", "url", "file_name", "image", "error")
 
 
 def resolve_urls(urls: str | Sequence[str]) -> list[str]:
@@ -106,7 +103,7 @@ def collate_records(records: list[dict[str, Any]]) -> Batch:
 
 class ShardSamples(IterableDataset):
     """Decoded samples of this reader's share of the shards, skipping the (url, key) pairs
-    in `skip_keys` (samples a resumed run has already done); `prepare` as in decode_sample."""
+    in `skip_keys` (samples a resumed run has already done)."""
 
     def __init__(
         self,
@@ -116,11 +113,9 @@ class ShardSamples(IterableDataset):
         skip_keys: Collection[tuple[str, str]],
         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
         read_timeout: float = READ_TIMEOUT_S,
-        prepare: Callable[[np.ndarray], Any] | None = None,
     ) -> None:
         super().__init__()
         self.max_image_pixels = max_image_pixels
-        self.prepare = prepare
         self.read_timeout = read_timeout
         self.urls = list(urls)
         self.rank = rank
@@ -137,7 +132,7 @@ class ShardSamples(IterableDataset):
                 keep = split.keeps(index) and not done
                 index += 1
                 if keep:
-                    yield decode_sample(sample, self.max_image_pixels, self.prepare)
+                    yield decode_sample(sample, self.max_image_pixels)
 
     def _reader(self) -> tuple[int, int]:
         """This reader's global id and the number of readers over all ranks and workers."""
@@ -175,12 +170,7 @@ class _StoppableBatches:
 
 
 class WebDatasetDataModule(lightning.LightningDataModule):
-    """Prediction batches from WebDataset shards, split exactly once over ranks and workers.
-
-    `prepare`, a picklable function of a decoded image, runs in the workers; its result is the
-    batch's `inputs` (run/cli.py sets it to the model's CropInputs, as `skip_keys` to the
-    samples done).
-    """
+    """Prediction batches from WebDataset shards, split exactly once over ranks and workers."""
 
     def __init__(
         self,
@@ -193,12 +183,10 @@ class WebDatasetDataModule(lightning.LightningDataModule):
         count_seconds: float = 30.0,
         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
         read_timeout: float = READ_TIMEOUT_S,
-        prepare: Callable[[np.ndarray], Any] | None = None,
     ) -> None:
         super().__init__()
         self.max_image_pixels = max_image_pixels
         self.read_timeout = read_timeout
-        self.prepare = prepare
         self.shard_urls = resolve_urls(urls)
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -239,7 +227,6 @@ class WebDatasetDataModule(lightning.LightningDataModule):
             self.skip_keys,
             self.max_image_pixels,
             self.read_timeout,
-            self.prepare,
         )
         return StoppableDataLoader(
             samples,
