@@ -106,6 +106,13 @@ MUTANTS = [
         ("tests/test_writer_thread.py",),
     ),
     Mutant(
+        "workers leave sharing to the queue's feeder thread: a batch it cannot share is lost",
+        "amg_lightning/data/datamodule.py",
+        "    if get_worker_info() is not None:\n        _share_tensors(batch)\n",
+        "",
+        ("tests/test_failures.py",),
+    ),
+    Mutant(
         "resume trusts a damaged shard: one cut at a member boundary reads as complete",
         "amg_lightning/data/tar_reader.py",
         'raise DamagedTar("it ends without tar\'s end-of-archive marker (two zero blocks)")',

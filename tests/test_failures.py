@@ -2,7 +2,8 @@
 
 `predict.py` in a subprocess over real shards, as a batch scheduler runs it: a folder that
 cannot be written mid-run (file size limit; a full tmpfs where one can be mounted) while
-DataLoader workers live, and a run whose every image failed.
+DataLoader workers live, workers that cannot hand their batches over (shared memory limited),
+and a run whose every image failed.
 """
 
 from __future__ import annotations
@@ -57,6 +58,32 @@ def test_a_write_error_while_workers_live_ends_the_run_with_one_line(tmp_path: P
     assert "error: OSError: [Errno 27] File too large" in line
     written = sum(1 for _ in iter_results(out))
     assert line.endswith(f"{written} images written, resume=true continues")
+    resumed = run_predict([*args, "resume=true"], tmp_path, TIMEOUT_S)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert sorted(r["image"]["key"] for r in iter_results(out)) == keys
+
+
+def test_a_batch_workers_cannot_hand_over_ends_the_run_with_one_line(tmp_path: Path) -> None:
+    # 160 x 120 images (57 KiB decoded) cannot go into the shared memory through which workers
+    # hand batches over: under the same 16 KiB limit the run must end, not wait forever.
+    keys = write_jpeg_shards(tmp_path / "shards", [4, 4], image_size=(160, 120))
+    out = tmp_path / "out"
+    args = [*FAST, f"data.urls={tmp_path / 'shards'}", f"output_dir={out}", "data.num_workers=2"]
+    finished = subprocess.run(
+        [sys.executable, str(PREDICT), *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        preexec_fn=limit_file_size,
+    )
+    output = finished.stdout + finished.stderr
+    assert finished.returncode == 1, output
+    assert "Traceback" not in output
+    line = last_line(finished)
+    assert "cannot hand a batch of images to the main process" in line, line
+    assert "data.num_workers=0" in line and "/dev/shm" in line
+    assert line.endswith("0 images written, resume=true continues")
     resumed = run_predict([*args, "resume=true"], tmp_path, TIMEOUT_S)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert sorted(r["image"]["key"] for r in iter_results(out)) == keys

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning
+import torch
 from braceexpand import braceexpand
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -97,8 +98,35 @@ def split_for_reader(urls: Sequence[str], reader: int, num_readers: int) -> Work
 
 
 def collate_records(records: list[dict[str, Any]]) -> Batch:
-    """Lists per field: images differ in size, and failed samples stay in the batch."""
-    return {field: [record[field] for record in records] for field in BATCH_FIELDS}
+    """Lists per field: images differ in size, and failed samples stay in the batch.
+
+    In a DataLoader worker the batch's tensors are moved into shared memory here, so that
+    shared memory too small for them (a full /dev/shm) fails in the worker, whose error the
+    DataLoader passes on. Left to the worker's queue, the sharing would fail in its feeder
+    thread, which prints the error and drops the batch: the main process would wait forever.
+    """
+    batch = {field: [record[field] for record in records] for field in BATCH_FIELDS}
+    if get_worker_info() is not None:
+        _share_tensors(batch)
+    return batch
+
+
+class HandOverError(RuntimeError):
+    """A DataLoader worker cannot put a batch into the shared memory it hands it over in."""
+
+
+def _share_tensors(batch: Batch) -> None:
+    """Every tensor of the batch into shared memory, or HandOverError saying what to do."""
+    try:
+        for values in batch.values():
+            for value in values:
+                if isinstance(value, torch.Tensor):
+                    value.share_memory_()
+    except RuntimeError as error:
+        raise HandOverError(
+            f"cannot hand a batch of images to the main process through shared memory "
+            f"({error}): enlarge /dev/shm (docker run --shm-size) or set data.num_workers=0"
+        ) from None
 
 
 class ShardSamples(IterableDataset):

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from amg_lightning.core.embedding_cache import EmbeddingCache
 from amg_lightning.core.models import CheckpointError
+from amg_lightning.data.datamodule import HandOverError
 from amg_lightning.results.run_folder import shard_paths, update_summary
 from amg_lightning.results.shards import shard_samples
 from amg_lightning.run.checkpoints import resolve_checkpoint
@@ -123,6 +124,8 @@ def _cause(err: BaseException) -> str:
     """What went wrong, in one line: a full disk and a dead worker by name."""
     if isinstance(err, OSError) and err.errno == errno.ENOSPC:
         return "output folder full"
+    if isinstance(err, HandOverError):  # the worker's own message, after torch's traceback
+        return str(err).strip().splitlines()[-1].partition(": ")[2]
     text = " ".join(str(err).split()) or type(err).__name__
     if "DataLoader worker" in text:
         return f"a data-loading worker died ({text})"
