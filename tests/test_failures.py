@@ -12,6 +12,7 @@ import json
 import resource
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -33,13 +34,16 @@ def last_line(finished: subprocess.CompletedProcess) -> str:
     return finished.stdout.replace("\r", "\n").strip().splitlines()[-1]
 
 
-def limit_file_size() -> None:
-    """In the child: a file cannot grow past 16 KiB (EFBIG; Python ignores SIGXFSZ)."""
-    resource.setrlimit(resource.RLIMIT_FSIZE, (16 * 1024, 16 * 1024))
+def limit_file_size(kib: int) -> Callable[[], None]:
+    """For the child: no file, shared memory included, grows past `kib` KiB (EFBIG; Python
+    ignores SIGXFSZ)."""
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (kib * 1024, kib * 1024))
 
 
 def test_a_write_error_while_workers_live_ends_the_run_with_one_line(tmp_path: Path) -> None:
-    keys = write_jpeg_shards(tmp_path / "shards", [16, 16])
+    # The workers' batches (the tiny model's 256-pixel crops, 147 KiB) fit under the limit; the
+    # output shard of 96 images (about 3 KiB each) does not.
+    keys = write_jpeg_shards(tmp_path / "shards", [48, 48])
     out = tmp_path / "out"
     args = [*FAST, f"data.urls={tmp_path / 'shards'}", f"output_dir={out}", "shard_size=100"]
     args += ["data.num_workers=2"]
@@ -49,7 +53,7 @@ def test_a_write_error_while_workers_live_ends_the_run_with_one_line(tmp_path: P
         capture_output=True,
         text=True,
         timeout=TIMEOUT_S,
-        preexec_fn=limit_file_size,
+        preexec_fn=limit_file_size(256),
     )
     output = finished.stdout + finished.stderr
     assert finished.returncode == 1, output
@@ -75,7 +79,7 @@ def test_a_batch_workers_cannot_hand_over_ends_the_run_with_one_line(tmp_path: P
         capture_output=True,
         text=True,
         timeout=TIMEOUT_S,
-        preexec_fn=limit_file_size,
+        preexec_fn=limit_file_size(16),
     )
     output = finished.stdout + finished.stderr
     assert finished.returncode == 1, output

@@ -44,6 +44,7 @@ def test_one_failing_image_costs_only_itself(random_image):
         "url": ["u", "u", "u"],
         "file_name": ["a.png", "bad.png", "b.png"],
         "image": [good, bad, good.flip(0)],
+        "inputs": [None, None, None],  # made by the generator, as without workers
         "error": [None, None, None],
     }
     results = module.predict_step(batch)

@@ -46,6 +46,7 @@ def test_error_records_carry_no_memory_addresses() -> None:
         "url": ["shards/a.tar", "shards/a.tar"],
         "file_name": ["k.png", "thin.png"],
         "image": [None, thin],
+        "inputs": [None, None],
         "error": [decoded["error"], None],
     }
     module = AmgModule("tiny", settings={"points_per_side": 2})

@@ -12,7 +12,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torchvision.transforms import functional as TF
 
 from amg_lightning.core.decoder import PointDecoder
 from amg_lightning.core.full_res import CropResize, crop_resize
@@ -41,9 +40,9 @@ class Sam1Family:
         """The crop's size at the encoder, before padding."""
         return resized_shape(*crop_size, self.encoder_size)
 
-    def encode(self, crops: list[np.ndarray]) -> Tensor:
-        """B x C x h x w image embeddings of the crops."""
-        return self.model.image_encoder(encoder_input(self.model, crops)).float()
+    def encode(self, inputs: list[Tensor]) -> Tensor:
+        """B x C x h x w image embeddings of crops resized by `CropInputs` (core/image.py)."""
+        return self.model.image_encoder(encoder_input(self.model, inputs)).float()
 
     def prepare(self, decoder: PointDecoder, embedding: Tensor):
         return decoder.prepare(embedding)
@@ -66,8 +65,6 @@ class Sam2Family:
     """SAM 2 and SAM 2.1 models (`sam2.modeling.sam2_base.SAM2Base`)."""
 
     name = "sam2"
-    # SAM 2's image transforms (torchvision's ImageNet statistics on [0, 1] pixels).
-    _MEAN, _STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -83,22 +80,14 @@ class Sam2Family:
     def input_size(self, crop_size: tuple[int, int]) -> tuple[int, int]:
         return self.encoder_size, self.encoder_size
 
-    def encode(self, crops: list[np.ndarray]) -> Tensor:
+    def encode(self, inputs: list[Tensor]) -> Tensor:
         """Each crop's embedding and high-resolution features, flattened into one row: B x N.
 
-        As SAM2ImagePredictor.set_image: pixels to [0, 1], resized to the square input
-        (bilinear, antialiased), normalised; the lowest-resolution level gets the "no memory"
+        The inputs are `CropInputs`' (core/image.py: resized and normalised as
+        SAM2ImagePredictor.set_image); the lowest-resolution level gets the "no memory"
         embedding added.
         """
-        size = [self.encoder_size] * 2
-        batch = torch.stack(
-            [
-                TF.normalize(
-                    TF.resize(TF.to_tensor(crop), size, antialias=True), self._MEAN, self._STD
-                )
-                for crop in crops
-            ]
-        ).to(self.device)
+        batch = torch.stack(inputs).to(self.device)
         levels = self.model.forward_image(batch)["backbone_fpn"][-self.model.num_feature_levels :]
         if self.model.directly_add_no_mem_embed:
             levels[-1] = levels[-1] + self.model.no_mem_embed.view(1, -1, 1, 1)

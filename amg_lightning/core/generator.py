@@ -25,7 +25,7 @@ from amg_lightning.core.embedding_cache import EmbeddingCache
 from amg_lightning.core.family import model_family
 from amg_lightning.core.full_res import CropResize, DenseMasks, TiledMasks
 from amg_lightning.core.grids import crop_boxes, layer_point_grids
-from amg_lightning.core.image import check_image
+from amg_lightning.core.image import CropInputs, PreparedCrops, check_image
 from amg_lightning.core.masks import CropFrame, MaskData
 from amg_lightning.core.memory import crops_per_pass, full_res_bytes, prompts_per_batch
 from amg_lightning.core.regions import remove_small_regions
@@ -99,6 +99,19 @@ class AutomaticMaskGenerator:
         return self.family.device
 
     @property
+    def crop_inputs(self) -> CropInputs:
+        """What cuts and resizes this generator's crops for the encoder; DataLoader workers
+        can run it (`generate_batch`'s `prepared`)."""
+        s = self.settings
+        return CropInputs(
+            self.family.name,
+            self.family.encoder_size,
+            s.crop_n_layers,
+            s.crop_overlap_ratio,
+            s.tile_size,
+        )
+
+    @property
     def mask_threshold(self) -> float:
         """The logit cutoff of the binary masks: SAM 1's model's, SAM 2's setting."""
         if self.family.name == "sam2":
@@ -111,12 +124,21 @@ class AutomaticMaskGenerator:
         return self.generate_batch([image])[0]
 
     @torch.no_grad()
-    def generate_batch(self, images: list[np.ndarray]) -> list[list[dict[str, Any]]]:
-        """Mask records for each image; the crops of all images share encoder batches."""
+    def generate_batch(
+        self, images: list[np.ndarray], prepared: list[PreparedCrops | None] | None = None
+    ) -> list[list[dict[str, Any]]]:
+        """Mask records for each image; the crops of all images share encoder batches.
+
+        `prepared` holds each image's encoder inputs as `self.crop_inputs` makes them (in
+        DataLoader workers), or None; inputs missing, or made by other CropInputs, are made here.
+        """
         for image in images:
             check_image(image)
+        prepared = prepared or [None] * len(images)
         if tiling.needs_tiling(images, self.settings):
-            return tiling.generate_tiled(self, images)
+            return tiling.generate_tiled(self, images, prepared)
+        ours = self.crop_inputs
+        inputs = [p.inputs if p is not None and p.made_by == ours else None for p in prepared]
         plans = [
             crop_boxes(
                 image.shape[:2], self.settings.crop_n_layers, self.settings.crop_overlap_ratio
@@ -124,16 +146,16 @@ class AutomaticMaskGenerator:
             for image in images
         ]
         jobs = [
-            (i, box, layer)
+            (i, k, box, layer)
             for i, (boxes, layers) in enumerate(plans)
-            for box, layer in zip(boxes, layers, strict=True)
+            for k, (box, layer) in enumerate(zip(boxes, layers, strict=True))
         ]
         on_device = self.postprocess_on_device
         crop_masks = self._crop_masks_on_device if on_device else self._crop_masks
         crops_per_image: list[list] = [[] for _ in images]
         try:
-            for (i, box, layer), embedding in zip(
-                jobs, self._embeddings(images, jobs), strict=True
+            for (i, _, box, layer), embedding in zip(
+                jobs, self._embeddings(images, inputs, jobs), strict=True
             ):
                 frame = self._frame(box, images[i].shape[:2])
                 crops_per_image[i].append(crop_masks(embedding, frame, layer))
@@ -157,8 +179,13 @@ class AutomaticMaskGenerator:
         input_size = self.family.input_size((y1 - y0, x1 - x0))
         return CropFrame(tuple(box), tuple(image_size), input_size)
 
-    def _embeddings(self, images: list[np.ndarray], jobs: list[tuple]) -> Iterator[Tensor]:
+    def _embeddings(
+        self, images: list[np.ndarray], inputs: list[list[Tensor] | None], jobs: list[tuple]
+    ) -> Iterator[Tensor]:
         """Image-encoder embeddings of every crop, as many per pass as memory allows.
+
+        A crop's encoder input is `inputs[image][crop]`, or made here where an image has none;
+        a crop whose embedding is in the cache needs none.
 
         At most `crops_per_batch`, and no more than half the free memory holds
         (`core.memory.crops_per_pass`): four 1024² crops through ViT-H take over 12 GB.
@@ -166,20 +193,29 @@ class AutomaticMaskGenerator:
         step = crops_per_pass(self.model.image_encoder, self.device, self.settings.crops_per_batch)
         for start in range(0, len(jobs), step):
             chunk = jobs[start : start + step]
-            crops = [images[i][y0:y1, x0:x1] for i, (x0, y0, x1, y1), _ in chunk]
-            keys = [self._cache_key(images[i], box) for i, box, _ in chunk]
+            keys = [self._cache_key(images[i], box) for i, _, box, _ in chunk]
             found = [self.embedding_cache.get(k) if k else None for k in keys]
             missing = [j for j, embedding in enumerate(found) if embedding is None]
             if missing:
                 started = time.perf_counter()
                 with record_function("amg.image_encoder"):
-                    fresh = self.family.encode([crops[j] for j in missing])
+                    fresh = self.family.encode(
+                        [self._encoder_input(images, inputs, chunk[j]) for j in missing]
+                    )
                 seconds = (time.perf_counter() - started) / len(missing)
                 for j, embedding in zip(missing, fresh.split(1), strict=True):
                     found[j] = embedding
                     if keys[j]:
                         self.embedding_cache.put(keys[j], embedding, seconds)
             yield from (embedding.to(self.device) for embedding in found)
+
+    def _encoder_input(
+        self, images: list[np.ndarray], inputs: list[list[Tensor] | None], job: tuple
+    ) -> Tensor:
+        """A job's crop as the encoder takes it: the workers' input, else made here the same way."""
+        i, k, box, _ = job
+        made = inputs[i]
+        return made[k] if made is not None else self.crop_inputs.crop(images[i], box)
 
     def _cache_key(self, image: np.ndarray, crop_box: list[int]) -> str | None:
         if self.embedding_cache is None:

@@ -1,12 +1,25 @@
-"""Preparing image crops for SAM's image encoder."""
+"""Preparing image crops for SAM's image encoder.
+
+The preparation is in two steps. `CropInputs` cuts each crop of the crop pyramid and resizes it
+as the family's predictor does; it needs no model and pickles, so DataLoader workers run it.
+The family's `encode` (core/family.py) then moves the inputs to the device and runs the encoder.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor, nn
 from torch.nn import functional as F
+from torchvision.transforms import functional as TF
+
+from amg_lightning.core.grids import crop_boxes
+
+# SAM 2's image transforms (torchvision's ImageNet statistics on [0, 1] pixels).
+SAM2_MEAN, SAM2_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def resized_shape(height: int, width: int, long_side: int) -> tuple[int, int]:
@@ -32,12 +45,63 @@ def resize_longest_side(image: np.ndarray, long_side: int) -> np.ndarray:
     return np.array(Image.fromarray(image).resize((width, height), Image.BILINEAR))
 
 
-def encoder_input(sam: nn.Module, crops: list[np.ndarray]) -> Tensor:
-    """A normalised, zero-padded B x 3 x S x S batch for `sam.image_encoder` (S its input size)."""
+def sam2_input(image: np.ndarray, size: int) -> Tensor:
+    """As SAM2ImagePredictor.set_image: pixels to [0, 1], resized to the square input
+    (bilinear, antialiased), normalised; 3 x `size` x `size` float32."""
+    resized = TF.resize(TF.to_tensor(image), [size, size], antialias=True)
+    return TF.normalize(resized, SAM2_MEAN, SAM2_STD)
+
+
+@dataclass(frozen=True)
+class CropInputs:
+    """Cuts an image's crops (`crop_boxes` order) and resizes each for the encoder.
+
+    `family` "sam": the longer side resized to `encoder_size`, H x W x 3 uint8 (unpadded;
+    normalised on the device); "sam2": `sam2_input`. Images larger than `tile_size` in either
+    side are tiled (core/tiling.py): they get no inputs. `tile_size` decides only that, so
+    two CropInputs that differ in it alone make the same inputs and compare equal.
+    """
+
+    family: str
+    encoder_size: int
+    crop_n_layers: int = 0
+    crop_overlap_ratio: float = 512 / 1500
+    tile_size: int | None = field(default=None, compare=False)
+
+    def __call__(self, image: np.ndarray) -> PreparedCrops | None:
+        """The inputs of every crop of `image`, or None where the generator makes its own
+        (a tiled image, or one it refuses: it then says why, as it says it without workers)."""
+        if self.tile_size is not None and max(image.shape[:2]) > self.tile_size:
+            return None
+        boxes, _ = crop_boxes(image.shape[:2], self.crop_n_layers, self.crop_overlap_ratio)
+        try:
+            return PreparedCrops(self, [self.crop(image, box) for box in boxes])
+        except (ValueError, RuntimeError):  # too thin for SAM 1; an empty crop for SAM 2
+            return None
+
+    def crop(self, image: np.ndarray, box: list[int]) -> Tensor:
+        """The encoder input of one XYXY crop box of `image`."""
+        x0, y0, x1, y1 = box
+        if self.family == "sam2":
+            return sam2_input(image[y0:y1, x0:x1], self.encoder_size)
+        return torch.from_numpy(resize_longest_side(image[y0:y1, x0:x1], self.encoder_size))
+
+
+@dataclass
+class PreparedCrops:
+    """An image's encoder inputs, one per crop box, and the CropInputs that made them."""
+
+    made_by: CropInputs
+    inputs: list[Tensor]
+
+
+def encoder_input(sam: nn.Module, crops: list[Tensor]) -> Tensor:
+    """A normalised, zero-padded B x 3 x S x S batch for `sam.image_encoder` (S its input size)
+    from crops resized by `CropInputs`."""
     size = sam.image_encoder.img_size
     batch = []
     for crop in crops:
-        resized = torch.from_numpy(resize_longest_side(crop, size)).to(sam.pixel_mean.device)
+        resized = crop.to(sam.pixel_mean.device)
         pixels = (resized.permute(2, 0, 1).float() - sam.pixel_mean) / sam.pixel_std
         batch.append(F.pad(pixels, (0, size - pixels.shape[2], 0, size - pixels.shape[1])))
     return torch.stack(batch)

@@ -42,7 +42,7 @@ import numpy as np
 from PIL import Image
 
 from amg_lightning.core import rle
-from amg_lightning.core.image import resized_shape
+from amg_lightning.core.image import PreparedCrops, resized_shape
 
 if TYPE_CHECKING:
     from amg_lightning.core.generator import AutomaticMaskGenerator
@@ -495,13 +495,17 @@ def needs_tiling(images: list[np.ndarray], settings: AmgSettings) -> bool:
 
 
 def generate_tiled(
-    generator: AutomaticMaskGenerator, images: list[np.ndarray]
+    generator: AutomaticMaskGenerator,
+    images: list[np.ndarray],
+    prepared: list[PreparedCrops | None],
 ) -> list[list[dict[str, Any]]]:
-    """Records for each image: tiled for images larger than a tile, else exactly untiled."""
+    """Records for each image: tiled for images larger than a tile, else exactly untiled
+    (from its `prepared` encoder inputs, if any; tiles make their own)."""
     settings = generator.settings
     untiled = _with_settings(generator, tile_size=None)
     small = [i for i, image in enumerate(images) if max(image.shape[:2]) <= settings.tile_size]
-    results = dict(zip(small, untiled.generate_batch([images[i] for i in small]), strict=True))
+    records = untiled.generate_batch([images[i] for i in small], [prepared[i] for i in small])
+    results = dict(zip(small, records, strict=True))
     per_tile = _with_settings(generator, tile_size=None, output_mode="uncompressed_rle")
     for i, image in enumerate(images):
         if i not in results:

@@ -6,7 +6,9 @@ reads all shards and keeps the samples whose running index i has i % G == g. Eit
 each sample goes to exactly one reader, in a deterministic order.
 
 A shard's samples, with its repeated keys and damage as error records, come from
-data/samples.py.
+data/samples.py. Each worker also runs `prepare` on its decoded images (the model's crops
+cut and resized for its encoder, core/image.py's CropInputs), so the main process, which
+keeps the GPU busy, does not.
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ from __future__ import annotations
 import glob
 import math
 import os
-from collections.abc import Collection, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterator, Sequence
+from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning
+import numpy as np
 import torch
 from braceexpand import braceexpand
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -36,7 +39,7 @@ from amg_lightning.utils.signals import (
 )
 
 Batch = dict[str, list[Any]]
-BATCH_FIELDS = ("key", "url", "file_name", "image", "error")
+BATCH_FIELDS = ("key", "url", "file_name", "image", "inputs", "error")
 
 
 def resolve_urls(urls: str | Sequence[str]) -> list[str]:
@@ -118,10 +121,8 @@ class HandOverError(RuntimeError):
 def _share_tensors(batch: Batch) -> None:
     """Every tensor of the batch into shared memory, or HandOverError saying what to do."""
     try:
-        for values in batch.values():
-            for value in values:
-                if isinstance(value, torch.Tensor):
-                    value.share_memory_()
+        for tensor in _tensors_in(list(batch.values())):
+            tensor.share_memory_()
     except RuntimeError as error:
         raise HandOverError(
             f"cannot hand a batch of images to the main process through shared memory "
@@ -129,9 +130,21 @@ def _share_tensors(batch: Batch) -> None:
         ) from None
 
 
+def _tensors_in(value: Any) -> Iterator[torch.Tensor]:
+    """The tensors in nested lists and dataclasses (the images, and their PreparedCrops)."""
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _tensors_in(item)
+    elif is_dataclass(value):
+        for member in fields(value):
+            yield from _tensors_in(getattr(value, member.name))
+
+
 class ShardSamples(IterableDataset):
     """Decoded samples of this reader's share of the shards, skipping the (url, key) pairs
-    in `skip_keys` (samples a resumed run has already done)."""
+    in `skip_keys` (samples a resumed run has already done); `prepare` as in decode_sample."""
 
     def __init__(
         self,
@@ -141,9 +154,11 @@ class ShardSamples(IterableDataset):
         skip_keys: Collection[tuple[str, str]],
         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
         read_timeout: float = READ_TIMEOUT_S,
+        prepare: Callable[[np.ndarray], Any] | None = None,
     ) -> None:
         super().__init__()
         self.max_image_pixels = max_image_pixels
+        self.prepare = prepare
         self.read_timeout = read_timeout
         self.urls = list(urls)
         self.rank = rank
@@ -160,7 +175,7 @@ class ShardSamples(IterableDataset):
                 keep = split.keeps(index) and not done
                 index += 1
                 if keep:
-                    yield decode_sample(sample, self.max_image_pixels)
+                    yield decode_sample(sample, self.max_image_pixels, self.prepare)
 
     def _reader(self) -> tuple[int, int]:
         """This reader's global id and the number of readers over all ranks and workers."""
@@ -198,7 +213,12 @@ class _StoppableBatches:
 
 
 class WebDatasetDataModule(lightning.LightningDataModule):
-    """Prediction batches from WebDataset shards, split exactly once over ranks and workers."""
+    """Prediction batches from WebDataset shards, split exactly once over ranks and workers.
+
+    `prepare`, a picklable function of a decoded image, runs in the workers; its result is the
+    batch's `inputs` (run/cli.py sets it to the model's CropInputs, as `skip_keys` to the
+    samples done).
+    """
 
     def __init__(
         self,
@@ -211,10 +231,12 @@ class WebDatasetDataModule(lightning.LightningDataModule):
         count_seconds: float = 30.0,
         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
         read_timeout: float = READ_TIMEOUT_S,
+        prepare: Callable[[np.ndarray], Any] | None = None,
     ) -> None:
         super().__init__()
         self.max_image_pixels = max_image_pixels
         self.read_timeout = read_timeout
+        self.prepare = prepare
         self.shard_urls = resolve_urls(urls)
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -255,6 +277,7 @@ class WebDatasetDataModule(lightning.LightningDataModule):
             self.skip_keys,
             self.max_image_pixels,
             self.read_timeout,
+            self.prepare,
         )
         return StoppableDataLoader(
             samples,

@@ -12,10 +12,11 @@ from __future__ import annotations
 import re
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+import numpy as np
 import torch
 import webdataset as wds
 
@@ -189,12 +190,15 @@ def _shard_error(url: str, message: str) -> ShardSample:
 
 
 def decode_sample(
-    sample: ShardSample, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    sample: ShardSample,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    prepare: Callable[[np.ndarray], Any] | None = None,
 ) -> dict[str, Any]:
     """A batch record: the sample's image as a uint8 HWC tensor, or None and an error.
 
     `file_name` is the image member's name (`key.ext`, the extension lowercased), None where
-    the sample has no image member.
+    the sample has no image member. `inputs` is what `prepare` makes of the image (the
+    encoder's inputs, core/image.py's CropInputs), None without an image or `prepare`.
     """
     extension = None if sample.error is not None else sample.image_extension()
     record = {
@@ -202,13 +206,17 @@ def decode_sample(
         "url": sample.url,
         "file_name": None if extension is None else f"{sample.key}.{extension}",
         "image": None,
+        "inputs": None,
         "error": sample.error,
     }
     if sample.error is None:
         try:
-            record["image"] = torch.from_numpy(decode_image(image_member(sample), max_image_pixels))
+            image = decode_image(image_member(sample), max_image_pixels)
         except ValueError as error:
             record["error"] = str(error)
+        else:
+            record["image"] = torch.from_numpy(image)
+            record["inputs"] = prepare(image) if prepare is not None else None
     return record
 
 

@@ -81,8 +81,8 @@ def _main(cfg: DictConfig) -> None:
     A run stopped by SIGTERM, SIGINT or SIGUSR2 ends with one line and 128 + the signal's
     number; under submitit, whose handler then requeues the job, as that handler ends it.
     """
-    # Batches stay on the host on purpose (crops are cut there), and the writer needs no
-    # batch indices: Lightning's warnings about both would only confuse.
+    # Batches stay on the host on purpose (the generator moves the crops' encoder inputs),
+    # and the writer needs no batch indices: Lightning's warnings about both would only confuse.
     _restore_full_error()
     warnings.filterwarnings("ignore", message=".*transfer_batch_to_device.*")
     warnings.filterwarnings("ignore", message=".*infer the batch indices.*")
@@ -187,6 +187,7 @@ def _predict(cfg: DictConfig, stopper: StopOnSignal) -> dict[str, Any] | None:
             log.info(f"resuming: {len(folder.done)} images already done in {output_dir}")
         datamodule.skip_keys = folder.done
         model = _load_model(cfg, checkpoint)
+        datamodule.prepare = model.crop_inputs  # crops cut and resized in the workers
         folder.record_identity(identity)
         writer = RleShardWriter(
             str(output_dir),

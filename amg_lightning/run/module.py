@@ -11,6 +11,7 @@ import torch
 
 from amg_lightning.core.embedding_cache import EmbeddingCache
 from amg_lightning.core.generator import AutomaticMaskGenerator
+from amg_lightning.core.image import CropInputs, PreparedCrops
 from amg_lightning.core.models import build_sam
 from amg_lightning.results.run_folder import SHARD_OUTPUT_MODE
 
@@ -18,10 +19,11 @@ from amg_lightning.results.run_folder import SHARD_OUTPUT_MODE
 class AmgModule(L.LightningModule):
     """Runs the complete crop-pyramid mask generation for every image of a batch.
 
-    Batches are `{"key", "url", "file_name", "image", "error"}` lists as the WebDataset
-    DataModule makes them; each result is `{"key", "url", "file_name", "height", "width",
-    "annotations", "error"}` with annotations in COCO RLE form. An image that fails keeps its
-    key and carries the error.
+    Batches are `{"key", "url", "file_name", "image", "inputs", "error"}` lists as the
+    WebDataset DataModule makes them (`inputs`: each image's encoder inputs, made in its
+    workers by `crop_inputs`, or None); each result is `{"key", "url", "file_name", "height",
+    "width", "annotations", "error"}` with annotations in COCO RLE form. An image that fails
+    keeps its key and carries the error.
     """
 
     def __init__(
@@ -48,15 +50,22 @@ class AmgModule(L.LightningModule):
             **{**(settings or {}), "output_mode": SHARD_OUTPUT_MODE},
         )
 
+    @property
+    def crop_inputs(self) -> CropInputs:
+        """What the DataModule's workers run on each image (its `prepare`)."""
+        return self.generator.crop_inputs
+
     def transfer_batch_to_device(
         self, batch: Any, device: torch.device, dataloader_idx: int
     ) -> Any:
-        # Crops are cut and resized on the host, as SAM's predictor does; only they move.
+        """The batch as it is: its crops were cut and resized for the encoder on the host,
+        as SAM's predictor does (in the DataLoader workers, or by the generator where a batch
+        has no inputs), and the generator moves them to the device a few crops at a time."""
         return batch
 
     def predict_step(self, batch: dict[str, list], batch_idx: int = 0) -> list[dict[str, Any]]:
         images = {i: image.numpy() for i, image in enumerate(batch["image"]) if image is not None}
-        generated = self._generate(images)
+        generated = self._generate(images, batch["inputs"])
         results = []
         for i, key in enumerate(batch["key"]):
             image = images.get(i)
@@ -77,20 +86,22 @@ class AmgModule(L.LightningModule):
             )
         return results
 
-    def _generate(self, images: dict[int, Any]) -> dict[int, list | str]:
+    def _generate(
+        self, images: dict[int, Any], inputs: list[PreparedCrops | None]
+    ) -> dict[int, list | str]:
         """Records per image index; an image that fails alone gets its error message instead."""
         if not images:
             return {}
+        generate = self.generator.generate_batch
+        prepared = [inputs[i] for i in images]
         try:
-            return dict(
-                zip(images, self.generator.generate_batch(list(images.values())), strict=True)
-            )
+            return dict(zip(images, generate(list(images.values()), prepared), strict=True))
         except (ValueError, RuntimeError):
             pass  # one bad image must not cost the others: retry them one at a time
         out: dict[int, Any] = {}
         for i, image in images.items():
             try:
-                out[i] = self.generator.generate(image)
+                out[i] = generate([image], [inputs[i]])[0]
             except (ValueError, RuntimeError) as err:
                 out[i] = f"{type(err).__name__}: {err}"
         return out
