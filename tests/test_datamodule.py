@@ -163,3 +163,23 @@ def test_skip_keys_are_left_out_by_url_and_key(tmp_path: Path) -> None:
     (batch,) = list(module.predict_dataloader())
     assert batch["key"] == ["s0-img0", "s0-img2", "s1-img1"]
     assert set(keys) - set(batch["key"]) == {"s0-img1", "s1-img0"}
+
+
+def test_auto_batch_size_asks_once_and_holds_for_the_run(tmp_path: Path) -> None:
+    urls, keys = write_image_shards(tmp_path, [5])
+    asked = []
+    module = WebDatasetDataModule(urls, batch_size="auto", count_samples=True)
+    module.auto_batch_size = lambda: asked.append(1) or 2
+    module.setup("predict")
+    assert module.count_predict_batches() == 3
+    batches = list(module.predict_dataloader())
+    assert [batch["key"] for batch in batches] == [keys[0:2], keys[2:4], keys[4:5]]
+    assert module.count_predict_batches() == 3
+    assert asked == [1]  # the count and the loader agree even if free memory changes
+
+
+def test_auto_batch_size_is_one_image_on_the_cpu() -> None:
+    from amg_lightning.run.module import AmgModule
+
+    assert AmgModule("tiny").images_per_batch() == 1
+    assert AmgModule("tiny", settings={"crop_n_layers": 1}).images_per_batch() == 1

@@ -162,3 +162,14 @@ def test_device_postprocessing_syncs_a_bounded_number_of_times(checkpoint_path, 
     assert reads.total <= bound
     # CUDA also counts blocking copies to the device: the image, the crop's points and boxes.
     assert len(syncs) <= bound + 8
+
+
+@pytest.mark.parametrize(
+    ("crop_n_layers", "crops_per_batch", "images"), [(0, 4, 4), (1, 4, 1), (1, 10, 2)]
+)
+def test_auto_batch_size_fills_one_encoder_pass(crop_n_layers, crops_per_batch, images):
+    """data.batch_size=auto on CUDA: as many images as `crops_per_batch` crops hold (the tiny
+    encoder needs little memory, so memory does not bound it here)."""
+    settings = {"crop_n_layers": crop_n_layers, "crops_per_batch": crops_per_batch}
+    generator = AutomaticMaskGenerator(build_sam("tiny").cuda(), **settings)
+    assert generator.images_per_pass() == images

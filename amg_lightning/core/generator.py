@@ -111,6 +111,16 @@ class AutomaticMaskGenerator:
             s.tile_size,
         )
 
+    def images_per_pass(self) -> int:
+        """Images whose crops together fill one image-encoder pass: on CUDA what
+        `crops_per_batch` and half the free memory allow (`core.memory.crops_per_pass`), at
+        least 1; on the CPU 1, as a larger pass is no faster there."""
+        if self.device.type != "cuda":
+            return 1
+        crops_per_image = sum(4**layer for layer in range(self.settings.crop_n_layers + 1))
+        step = crops_per_pass(self.model.image_encoder, self.device, self.settings.crops_per_batch)
+        return max(1, step // crops_per_image)
+
     @property
     def mask_threshold(self) -> float:
         """The logit cutoff of the binary masks: SAM 1's model's, SAM 2's setting."""

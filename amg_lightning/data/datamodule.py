@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from amg_lightning.data.count import already_done, count_reader_samples, is_remote
 from amg_lightning.data.decode import DEFAULT_MAX_IMAGE_PIXELS
 from amg_lightning.data.samples import READ_TIMEOUT_S, decode_sample, read_shard
+from amg_lightning.utils.logging import get_logger
 from amg_lightning.utils.signals import (
     StopRequested,
     end_workers_at_exit,
@@ -37,6 +38,8 @@ from amg_lightning.utils.signals import (
     kill_live_workers,
     waiting_for_data,
 )
+
+log = get_logger(__name__)
 
 Batch = dict[str, list[Any]]
 BATCH_FIELDS = ("key", "url", "file_name", "image", "inputs", "error")
@@ -218,12 +221,15 @@ class WebDatasetDataModule(lightning.LightningDataModule):
     `prepare`, a picklable function of a decoded image, runs in the workers; its result is the
     batch's `inputs` (run/cli.py sets it to the model's CropInputs, as `skip_keys` to the
     samples done).
+
+    `batch_size` "auto" takes the batch size from `auto_batch_size` when the loader is made,
+    once the model is on its device (run/cli.py sets it to the model's `images_per_batch`).
     """
 
     def __init__(
         self,
         urls: str | list[str],
-        batch_size: int = 1,
+        batch_size: int | str = 1,
         num_workers: int = 0,
         pin_memory: bool = False,
         skip_keys: Collection[tuple[str, str]] = (),
@@ -239,6 +245,7 @@ class WebDatasetDataModule(lightning.LightningDataModule):
         self.prepare = prepare
         self.shard_urls = resolve_urls(urls)
         self.batch_size = batch_size
+        self.auto_batch_size: Callable[[], int] = lambda: 1
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.skip_keys = skip_keys
@@ -265,7 +272,16 @@ class WebDatasetDataModule(lightning.LightningDataModule):
         counts = count_reader_samples(
             splits, self.skip_keys, self.count_samples, self.count_seconds
         )
-        return None if counts is None else sum(math.ceil(n / self.batch_size) for n in counts)
+        size = self._fixed_batch_size()
+        return None if counts is None else sum(math.ceil(n / size) for n in counts)
+
+    def _fixed_batch_size(self) -> int:
+        """`batch_size`; where it is "auto", what `auto_batch_size` says, fixed from then on so
+        that the count and the loader agree."""
+        if self.batch_size == "auto":
+            self.batch_size = self.auto_batch_size()
+            log.info(f"data.batch_size=auto: batches of {self.batch_size} image(s)")
+        return self.batch_size
 
     def predict_dataloader(self) -> StoppableDataLoader:
         if self.num_workers:
@@ -281,7 +297,7 @@ class WebDatasetDataModule(lightning.LightningDataModule):
         )
         return StoppableDataLoader(
             samples,
-            batch_size=self.batch_size,
+            batch_size=self._fixed_batch_size(),
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             collate_fn=collate_records,

@@ -188,6 +188,7 @@ def _predict(cfg: DictConfig, stopper: StopOnSignal) -> dict[str, Any] | None:
         datamodule.skip_keys = folder.done
         model = _load_model(cfg, checkpoint)
         datamodule.prepare = model.crop_inputs  # crops cut and resized in the workers
+        datamodule.auto_batch_size = model.images_per_batch
         folder.record_identity(identity)
         writer = RleShardWriter(
             str(output_dir),

@@ -158,7 +158,9 @@ def _check_data(data: DictConfig) -> None:
         raise ConfigError(
             "data.urls is required: a shard pattern, a list, or a folder of .tar shards"
         )
-    _check_integer("data.batch_size", data.batch_size, 1)
+    size = data.batch_size
+    if size != "auto" and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise ConfigError(f"data.batch_size must be auto or an integer >= 1, got {size!r}")
     _check_integer("data.num_workers", data.num_workers, 0)
     _check_integer("data.max_image_pixels", data.max_image_pixels, 1)
     _check_seconds("data.read_timeout", data.read_timeout)

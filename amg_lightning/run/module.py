@@ -55,6 +55,11 @@ class AmgModule(L.LightningModule):
         """What the DataModule's workers run on each image (its `prepare`)."""
         return self.generator.crop_inputs
 
+    def images_per_batch(self) -> int:
+        """The DataModule's batch size where it is `auto` (the generator's `images_per_pass`,
+        on the device the model is on by then)."""
+        return self.generator.images_per_pass()
+
     def transfer_batch_to_device(
         self, batch: Any, device: torch.device, dataloader_idx: int
     ) -> Any:
