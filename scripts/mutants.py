@@ -110,7 +110,7 @@ MUTANTS = [
         "amg_lightning/data/datamodule.py",
         "    if get_worker_info() is not None:\n        _share_tensors(batch)\n",
         "",
-        ("tests/test_failures.py",),
+        ("tests/test_datamodule.py",),
     ),
     Mutant(
         "resume trusts a damaged shard: one cut at a member boundary reads as complete",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import resource
 from collections import Counter
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from amg_lightning.data.datamodule import (
+    HandOverError,
     ShardSamples,
     WebDatasetDataModule,
     collate_records,
@@ -183,3 +185,22 @@ def test_auto_batch_size_is_one_image_on_the_cpu() -> None:
 
     assert AmgModule("tiny").images_per_batch() == 1
     assert AmgModule("tiny", settings={"crop_n_layers": 1}).images_per_batch() == 1
+
+
+def _limit_file_size(worker_id: int) -> None:
+    """In the worker: no file, shared memory included, grows past 16 KiB."""
+    resource.setrlimit(resource.RLIMIT_FSIZE, (16 * 1024, 16 * 1024))
+
+
+def test_a_batch_a_worker_cannot_share_is_its_error_not_a_hang(tmp_path: Path) -> None:
+    url = write_shard(tmp_path / "big.tar", {"big": {"png": png_bytes(120, 160)}})  # 57 KiB
+    samples = ShardSamples([url], rank=0, world_size=1, skip_keys=set())
+    loader = DataLoader(
+        samples,
+        num_workers=1,
+        collate_fn=collate_records,
+        worker_init_fn=_limit_file_size,
+        timeout=60,  # a batch lost on the way would end the test here instead
+    )
+    with pytest.raises(HandOverError, match=r"data.num_workers=0"):
+        next(iter(loader))
