@@ -11,15 +11,13 @@ from __future__ import annotations
 import json
 import resource
 import subprocess
-import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from amg_lightning.results.shards import iter_results
 from tests.helpers.jpeg_shards import write_jpeg_shards
-from tests.helpers.predict import PREDICT, run_predict
+from tests.helpers.predict import run_predict
 from tests.helpers.shards import write_tar
 
 pytestmark = pytest.mark.e2e
@@ -34,10 +32,24 @@ def last_line(finished: subprocess.CompletedProcess) -> str:
     return finished.stdout.replace("\r", "\n").strip().splitlines()[-1]
 
 
-def limit_file_size(kib: int) -> Callable[[], None]:
-    """For the child: no file, shared memory included, grows past `kib` KiB (EFBIG; Python
-    ignores SIGXFSZ)."""
-    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (kib * 1024, kib * 1024))
+def failed_line_under_file_size_limit(args: list[str], cwd: Path, kib: int) -> str:
+    """predict.py with no file, shared memory included, growing past `kib` KiB (EFBIG;
+    Python ignores SIGXFSZ): it must end with exit status 1 and no traceback; its last line."""
+
+    def limit_file_size() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (kib * 1024, kib * 1024))
+
+    finished = run_predict(args, cwd, TIMEOUT_S, preexec_fn=limit_file_size)
+    output = finished.stdout + finished.stderr
+    assert finished.returncode == 1, output
+    assert "Traceback" not in output
+    return last_line(finished)
+
+
+def assert_resume_does_the_rest(args: list[str], cwd: Path, out: Path, keys: list[str]) -> None:
+    resumed = run_predict([*args, "resume=true"], cwd, TIMEOUT_S)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert sorted(r["image"]["key"] for r in iter_results(out)) == keys
 
 
 def test_a_write_error_while_workers_live_ends_the_run_with_one_line(tmp_path: Path) -> None:
@@ -47,24 +59,11 @@ def test_a_write_error_while_workers_live_ends_the_run_with_one_line(tmp_path: P
     out = tmp_path / "out"
     args = [*FAST, f"data.urls={tmp_path / 'shards'}", f"output_dir={out}", "shard_size=100"]
     args += ["data.num_workers=2"]
-    finished = subprocess.run(
-        [sys.executable, str(PREDICT), *args],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-        preexec_fn=limit_file_size(256),
-    )
-    output = finished.stdout + finished.stderr
-    assert finished.returncode == 1, output
-    assert "Traceback" not in output
-    line = last_line(finished)
+    line = failed_line_under_file_size_limit(args, tmp_path, 256)
     assert "error: OSError: [Errno 27] File too large" in line
     written = sum(1 for _ in iter_results(out))
     assert line.endswith(f"{written} images written, resume=true continues")
-    resumed = run_predict([*args, "resume=true"], tmp_path, TIMEOUT_S)
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert sorted(r["image"]["key"] for r in iter_results(out)) == keys
+    assert_resume_does_the_rest(args, tmp_path, out, keys)
 
 
 def test_a_batch_workers_cannot_hand_over_ends_the_run_with_one_line(tmp_path: Path) -> None:
@@ -73,24 +72,11 @@ def test_a_batch_workers_cannot_hand_over_ends_the_run_with_one_line(tmp_path: P
     keys = write_jpeg_shards(tmp_path / "shards", [4, 4], image_size=(160, 120))
     out = tmp_path / "out"
     args = [*FAST, f"data.urls={tmp_path / 'shards'}", f"output_dir={out}", "data.num_workers=2"]
-    finished = subprocess.run(
-        [sys.executable, str(PREDICT), *args],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-        preexec_fn=limit_file_size(16),
-    )
-    output = finished.stdout + finished.stderr
-    assert finished.returncode == 1, output
-    assert "Traceback" not in output
-    line = last_line(finished)
+    line = failed_line_under_file_size_limit(args, tmp_path, 16)
     assert "cannot hand a batch of images to the main process" in line, line
     assert "data.num_workers=0" in line and "/dev/shm" in line
     assert line.endswith("0 images written, resume=true continues")
-    resumed = run_predict([*args, "resume=true"], tmp_path, TIMEOUT_S)
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert sorted(r["image"]["key"] for r in iter_results(out)) == keys
+    assert_resume_does_the_rest(args, tmp_path, out, keys)
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 PREDICT = Path(__file__).resolve().parents[2] / "predict.py"
@@ -18,9 +19,10 @@ def run_predict(
     timeout: float,
     env: dict[str, str] | None = None,
     command: tuple[str, ...] = (sys.executable, str(PREDICT)),
+    preexec_fn: Callable[[], None] | None = None,
 ) -> subprocess.CompletedProcess:
     """`python predict.py ARGS` (or `command` ARGS) from `cwd`, as a user runs it (without
-    HYDRA_FULL_ERROR)."""
+    HYDRA_FULL_ERROR); `preexec_fn` runs in the child before it starts (a resource limit)."""
     environment = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     environment.update(env or {})
     return subprocess.run(
@@ -30,6 +32,7 @@ def run_predict(
         capture_output=True,
         text=True,
         timeout=timeout,
+        preexec_fn=preexec_fn,
     )
 
 
